@@ -1,0 +1,161 @@
+/* graft: transfer learning for small image datasets, on a CPU.
+ *
+ * A worked example: load the pretrained base set-up installs, classify a photo.
+ *
+ *     graft_model *model = NULL;
+ *     if (graft_model_load("models/mobilenet_v2", &model) != GRAFT_OK) {
+ *         fprintf(stderr, "graft: %s\n", graft_last_error());
+ *         return 1;
+ *     }
+ *     int64_t h, w, c;
+ *     graft_model_input_size(model, &h, &w, &c);
+ *     float *pixels = malloc(sizeof(float) * h * w * c);          // (H,W,C)
+ *     graft_image_load("cat.jpg", h, w, GRAFT_RESIZE_STRETCH,
+ *                      GRAFT_PREPROCESS_MOBILENET, pixels);
+ *     float probs[1000];                                         // graft_model_output_size()
+ *     graft_model_forward(model, pixels, 1, probs);
+ *     graft_model_free(model);
+ *
+ * Conventions: every call returns a graft_status; on failure graft_last_error()
+ * gives a one-line message naming the file, layer or value at fault. Tensors are
+ * float32, NHWC, batch first. Element counts are int64_t, byte counts size_t.
+ * Destructors accept NULL. The library never prints and never exits.
+ */
+#ifndef GRAFT_H
+#define GRAFT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GRAFT_VERSION_MAJOR 0
+#define GRAFT_VERSION_MINOR 1
+#define GRAFT_VERSION_PATCH 0
+
+typedef enum graft_status {
+    GRAFT_OK = 0,
+    GRAFT_E_INVALID_ARG,  /* a caller's argument is out of range */
+    GRAFT_E_IO,           /* a file could not be opened, read or written */
+    GRAFT_E_FORMAT,       /* a file's content is malformed or inconsistent */
+    GRAFT_E_UNSUPPORTED,  /* well-formed, but graft does not (or will not) run it */
+    GRAFT_E_NOMEM,        /* an allocation failed */
+    GRAFT_E_SHAPE,        /* tensor shapes do not fit together */
+    GRAFT_E_NOT_FOUND,    /* a named layer, weight or file does not exist */
+    GRAFT_E_INTERRUPTED   /* stopped on request (SIGINT) */
+} graft_status;
+
+/* The message of the last failed call on this thread ("" if none). */
+const char *graft_last_error(void);
+/* A fixed description of a status code. */
+const char *graft_status_str(graft_status rc);
+
+/* ---- allocation hooks ---------------------------------------------------- */
+
+typedef struct graft_allocator {
+    void *(*malloc)(size_t bytes);
+    void *(*realloc)(void *p, size_t bytes);
+    void (*free)(void *p);
+} graft_allocator;
+
+/* Replaces the allocator used for every later allocation; NULL restores libc's.
+ * Swap only while no graft object is alive. */
+void graft_set_allocator(const graft_allocator *allocator);
+
+/* ---- threads --------------------------------------------------------------- */
+
+/* Number of threads compute kernels use (default: all cores). */
+void graft_set_threads(int threads);
+int graft_threads(void);
+
+/* ---- models ---------------------------------------------------------------- */
+
+typedef struct graft_model graft_model;
+
+/* Loads a TF.js layers model: `path` is its folder (holding model.json) or the
+ * model.json file itself. Weights may be float32, int32, float16, or uint8/uint16
+ * quantised; they are dequantised to float32 on load. Lambda and custom layers are
+ * refused: graft never executes code from a model file. */
+graft_status graft_model_load(const char *path, graft_model **out);
+void graft_model_free(graft_model *model);
+
+/* Input size of one sample, (H, W, C). */
+graft_status graft_model_input_size(const graft_model *model, int64_t *height, int64_t *width,
+                                    int64_t *channels);
+/* Number of floats the final output holds per sample. */
+int64_t graft_model_output_size(const graft_model *model);
+
+#define GRAFT_MAX_RANK 4
+
+typedef struct graft_layer_info {
+    const char *name;        /* valid while the model lives */
+    const char *class_name;  /* Keras class, e.g. "Conv2D" */
+    int rank;                /* rank of one sample's output (batch excluded) */
+    int64_t shape[GRAFT_MAX_RANK];
+    int64_t params;          /* number of weight values (trainable and not) */
+    int64_t trainable_params;
+    int trainable;           /* the layer's trainable flag */
+    int n_inputs;
+    const char *inputs[8];   /* names of the layers feeding it (first 8) */
+} graft_layer_info;
+
+int graft_model_layer_count(const graft_model *model);
+graft_status graft_model_layer_info(const graft_model *model, int index, graft_layer_info *info);
+/* Index of the layer called `name`, or -1. */
+int graft_model_find_layer(const graft_model *model, const char *name);
+
+/* Runs `batch` samples (input: (batch,H,W,C)) through the model in inference mode
+ * and writes the final output, (batch, graft_model_output_size()). Memory is planned
+ * for the largest batch seen so far; call graft_model_prepare() first to keep
+ * allocation out of a timed loop. */
+graft_status graft_model_forward(graft_model *model, const float *input, int64_t batch,
+                                 float *output);
+
+/* As graft_model_forward, but also (or only) collects the outputs of named layers:
+ * outputs[i] receives (batch, shape of layer names[i]). Layers not needed for the
+ * requested outputs are not computed. `final_output` may be NULL. */
+graft_status graft_model_forward_layers(graft_model *model, const float *input, int64_t batch,
+                                        int n_layers, const char *const *names,
+                                        float *const *outputs, float *final_output);
+
+/* Plans and allocates memory for batches of up to max_batch samples. */
+graft_status graft_model_prepare(graft_model *model, int64_t max_batch);
+
+/* Optional class labels (labels.txt beside model.json), NULL when absent. */
+const char *graft_model_label(const graft_model *model, int64_t index);
+
+/* ---- images ---------------------------------------------------------------- */
+
+typedef enum graft_resize_mode {
+    GRAFT_RESIZE_STRETCH = 0, /* scale each axis to the target, ignoring aspect */
+    GRAFT_RESIZE_CROP,        /* scale the short side to fit, centre-crop the long one */
+    GRAFT_RESIZE_PAD          /* scale the long side to fit, pad the rest with black */
+} graft_resize_mode;
+
+/* keras.applications meanings */
+typedef enum graft_preprocess {
+    GRAFT_PREPROCESS_MOBILENET = 0, /* x/127.5 - 1 ("tf" mode; inception uses the same) */
+    GRAFT_PREPROCESS_INCEPTION,     /* identical to MOBILENET */
+    GRAFT_PREPROCESS_TORCH,         /* x/255, minus ImageNet mean, over ImageNet std */
+    GRAFT_PREPROCESS_CAFFE,         /* RGB->BGR, minus ImageNet mean in 0..255 */
+    GRAFT_PREPROCESS_NONE           /* raw 0..255 */
+} graft_preprocess;
+
+/* Parses "mobilenet", "inception", "torch", "caffe" or "none". */
+graft_status graft_preprocess_parse(const char *name, graft_preprocess *out);
+graft_status graft_resize_mode_parse(const char *name, graft_resize_mode *out);
+
+/* Decodes a JPEG or PNG (by content, not extension), applies EXIF orientation,
+ * converts to RGB (grey replicated, alpha composited onto white), resizes to
+ * height x width (area averaging when shrinking, bilinear when enlarging) and
+ * preprocesses into out, (height, width, 3) floats. */
+graft_status graft_image_load(const char *path, int64_t height, int64_t width,
+                              graft_resize_mode resize, graft_preprocess preprocess, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
