@@ -1,0 +1,43 @@
+/* Activation layer: one of Keras's named activations over the last axis. */
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/error.h"
+#include "layers/layer.h"
+
+typedef struct activation_config {
+    graft__activation act;
+} activation_config;
+
+static graft_status activation_parse(graft__layer *layer, const json_t *config)
+{
+    activation_config *c = graft__calloc(1, sizeof *c);
+    if (!c)
+        return graft__fail(GRAFT_E_NOMEM, "out of memory");
+    layer->config = c;
+    return graft__config_activation(config, &c->act, layer->name);
+}
+
+static graft_status activation_infer(graft__layer *layer, int n_inputs, const graft__shape *in,
+                                     graft__shape *out)
+{
+    *out = in[0];
+    return GRAFT_OK;
+}
+
+static void activation_forward(const graft__layer *layer, const graft__forward_args *a)
+{
+    const activation_config *c = layer->config;
+    int64_t cols = a->out_shape->dim[a->out_shape->rank - 1];
+    int64_t rows = a->batch * graft__shape_elems(a->out_shape) / cols;
+    if (a->output != a->inputs[0])
+        memcpy(a->output, a->inputs[0], sizeof(float) * (size_t)(rows * cols));
+    graft__activation_apply(c->act, a->output, rows, cols);
+}
+
+const graft__layer_ops graft__activation_layer_ops = {
+    .class_name = "Activation",
+    .parse = activation_parse,
+    .infer = activation_infer,
+    .forward = activation_forward,
+};

@@ -1,0 +1,88 @@
+/* Conv2D: kernel (KH, KW, Cin, Cout) as Keras stores it, through im2col + GEMM. */
+#include "core/alloc.h"
+#include "core/error.h"
+#include "layers/conv_common.h"
+
+typedef struct conv2d_config {
+    graft__window window;
+    int64_t filters;
+    int use_bias;
+    graft__activation act;
+} conv2d_config;
+
+static graft_status conv2d_parse(graft__layer *layer, const json_t *config)
+{
+    conv2d_config *c = graft__calloc(1, sizeof *c);
+    if (!c)
+        return graft__fail(GRAFT_E_NOMEM, "out of memory");
+    layer->config = c;
+    graft_status rc;
+    if ((rc = graft__window_parse(&c->window, config, "kernel_size", 1, layer->name)) ||
+        (rc = graft__config_bool(config, "use_bias", &c->use_bias, 1, layer->name)) ||
+        (rc = graft__config_activation(config, &c->act, layer->name)))
+        return rc;
+    const json_t *filters = json_object_get(config, "filters");
+    const json_t *groups = json_object_get(config, "groups");
+    if (!json_is_integer(filters) || json_integer_value(filters) < 1 ||
+        json_integer_value(filters) > GRAFT__MAX_DIM)
+        return graft__fail(GRAFT_E_FORMAT, "layer '%s': filters must be a positive integer",
+                           layer->name);
+    if (groups && json_integer_value(groups) != 1)
+        return graft__fail(GRAFT_E_UNSUPPORTED, "layer '%s': grouped convolution is not "
+                           "supported", layer->name);
+    c->filters = json_integer_value(filters);
+    return GRAFT_OK;
+}
+
+static graft_status conv2d_infer(graft__layer *layer, int n_inputs, const graft__shape *in,
+                                 graft__shape *out)
+{
+    const conv2d_config *c = layer->config;
+    graft_conv_geom g;
+    graft_status rc = graft__window_geom(&c->window, &in[0], 1, &g, layer->name);
+    if (rc)
+        return rc;
+    int64_t kdims[4] = {g.kernel_h, g.kernel_w, g.in_c, c->filters};
+    int64_t odims[3] = {g.out_h, g.out_w, c->filters};
+    graft__shape kernel, bias;
+    if ((rc = graft__shape_make(&kernel, 4, kdims, layer->name)) ||
+        (rc = graft__layer_declare_weight(layer, 0, "kernel", &kernel, 1)))
+        return rc;
+    if (c->use_bias && ((rc = graft__shape_make(&bias, 1, &c->filters, layer->name)) ||
+                        (rc = graft__layer_declare_weight(layer, 1, "bias", &bias, 1))))
+        return rc;
+    return graft__shape_make(out, 3, odims, layer->name);
+}
+
+static graft_conv_geom conv2d_geom(const graft__layer *layer, const graft__shape *in, int64_t batch)
+{
+    const conv2d_config *c = layer->config;
+    graft_conv_geom g;
+    graft__window_geom(&c->window, in, batch, &g, layer->name);
+    g.out_c = c->filters;
+    return g;
+}
+
+static size_t conv2d_scratch(const graft__layer *layer, int n_inputs, const graft__shape *in,
+                             const graft__shape *out, int64_t batch)
+{
+    graft_conv_geom g = conv2d_geom(layer, &in[0], batch);
+    return graft_f32_conv2d_scratch_bytes(&g);
+}
+
+static void conv2d_forward(const graft__layer *layer, const graft__forward_args *a)
+{
+    const conv2d_config *c = layer->config;
+    graft_conv_geom g = conv2d_geom(layer, &a->in_shapes[0], a->batch);
+    graft_f32_conv2d__gemm(&g, a->inputs[0], layer->weights[0].data,
+                           c->use_bias ? layer->weights[1].data : NULL, a->output, a->scratch);
+    graft__activation_apply(c->act, a->output, a->batch * g.out_h * g.out_w, g.out_c);
+}
+
+const graft__layer_ops graft__conv2d_layer_ops = {
+    .class_name = "Conv2D",
+    .parse = conv2d_parse,
+    .infer = conv2d_infer,
+    .scratch_bytes = conv2d_scratch,
+    .forward = conv2d_forward,
+};

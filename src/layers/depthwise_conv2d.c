@@ -1,0 +1,69 @@
+/* DepthwiseConv2D: kernel (KH, KW, Cin, M); output channel c*M + m. */
+#include "core/alloc.h"
+#include "core/error.h"
+#include "layers/conv_common.h"
+
+typedef struct depthwise_config {
+    graft__window window;
+    int64_t multiplier;
+    int use_bias;
+    graft__activation act;
+} depthwise_config;
+
+static graft_status depthwise_parse(graft__layer *layer, const json_t *config)
+{
+    depthwise_config *c = graft__calloc(1, sizeof *c);
+    if (!c)
+        return graft__fail(GRAFT_E_NOMEM, "out of memory");
+    layer->config = c;
+    graft_status rc;
+    if ((rc = graft__window_parse(&c->window, config, "kernel_size", 1, layer->name)) ||
+        (rc = graft__config_bool(config, "use_bias", &c->use_bias, 1, layer->name)) ||
+        (rc = graft__config_activation(config, &c->act, layer->name)))
+        return rc;
+    const json_t *m = json_object_get(config, "depth_multiplier");
+    c->multiplier = m ? json_integer_value(m) : 1;
+    if (c->multiplier < 1 || c->multiplier > 4096)
+        return graft__fail(GRAFT_E_FORMAT, "layer '%s': depth_multiplier must be a positive "
+                           "integer", layer->name);
+    return GRAFT_OK;
+}
+
+static graft_status depthwise_infer(graft__layer *layer, int n_inputs, const graft__shape *in,
+                                    graft__shape *out)
+{
+    const depthwise_config *c = layer->config;
+    graft_conv_geom g;
+    graft_status rc = graft__window_geom(&c->window, &in[0], 1, &g, layer->name);
+    if (rc)
+        return rc;
+    int64_t out_c = g.in_c * c->multiplier;
+    int64_t kdims[4] = {g.kernel_h, g.kernel_w, g.in_c, c->multiplier};
+    int64_t odims[3] = {g.out_h, g.out_w, out_c};
+    graft__shape kernel, bias;
+    if ((rc = graft__shape_make(&kernel, 4, kdims, layer->name)) ||
+        (rc = graft__layer_declare_weight(layer, 0, "depthwise_kernel", &kernel, 1)))
+        return rc;
+    if (c->use_bias && ((rc = graft__shape_make(&bias, 1, &out_c, layer->name)) ||
+                        (rc = graft__layer_declare_weight(layer, 1, "bias", &bias, 1))))
+        return rc;
+    return graft__shape_make(out, 3, odims, layer->name);
+}
+
+static void depthwise_forward(const graft__layer *layer, const graft__forward_args *a)
+{
+    const depthwise_config *c = layer->config;
+    graft_conv_geom g;
+    graft__window_geom(&c->window, &a->in_shapes[0], a->batch, &g, layer->name);
+    g.out_c = g.in_c * c->multiplier;
+    graft_f32_dwconv2d_parallel(&g, a->inputs[0], layer->weights[0].data,
+                                c->use_bias ? layer->weights[1].data : NULL, a->output);
+    graft__activation_apply(c->act, a->output, a->batch * g.out_h * g.out_w, g.out_c);
+}
+
+const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
+    .class_name = "DepthwiseConv2D",
+    .parse = depthwise_parse,
+    .infer = depthwise_infer,
+    .forward = depthwise_forward,
+};

@@ -1,0 +1,110 @@
+/* A layer kind is a const ops table; a layer is one instance with its parsed Keras
+ * config and its weights (views into the model's flat parameter arena).
+ * Everything about one kind (parse, shape, weights, scratch, forward, backward)
+ * lives in one file under src/layers/, registered in registry.c. */
+#ifndef GRAFT_LAYERS_LAYER_H
+#define GRAFT_LAYERS_LAYER_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "graft.h"
+#include "kernels/activation.h"
+
+/* Shape of one sample (batch excluded): (H,W,C) for images, (C) for vectors. */
+typedef struct graft__shape {
+    int rank;
+    int64_t dim[GRAFT_MAX_RANK];
+} graft__shape;
+
+int64_t graft__shape_elems(const graft__shape *s);
+int graft__shape_equal(const graft__shape *a, const graft__shape *b);
+/* "(224, 224, 3)"-style text into buf; returns buf. */
+const char *graft__shape_str(const graft__shape *s, char *buf, size_t size);
+
+enum { GRAFT__MAX_WEIGHTS = 6 };
+
+typedef struct graft__weight {
+    const char *name;     /* Keras weight name: "kernel", "bias", "gamma", ... */
+    graft__shape shape;   /* full weight shape (rank up to 4, nothing excluded) */
+    int trainable;        /* 0 for state such as BatchNorm moving statistics */
+    int64_t offset;       /* in floats, into the model's parameter arena */
+    float *data;          /* set once the arena exists */
+    int loaded;           /* set by the loader when the file supplied it */
+} graft__weight;
+
+typedef struct graft__layer_ops graft__layer_ops;
+
+typedef struct graft__layer {
+    char *name;
+    const graft__layer_ops *ops;
+    void *config;          /* the kind's private parsed config (graft__free'd) */
+    int trainable;
+    int n_weights;
+    graft__weight weights[GRAFT__MAX_WEIGHTS];
+} graft__layer;
+
+typedef struct graft__forward_args {
+    int64_t batch;
+    int n_inputs;
+    const float *const *inputs;     /* each (batch, in_shapes[i]) */
+    const graft__shape *in_shapes;
+    float *output;                  /* (batch, out_shape) */
+    const graft__shape *out_shape;
+    void *scratch;                  /* scratch_bytes() bytes, 64-byte aligned */
+    int training;                   /* dropout active, BatchNorm mode chosen by caller */
+} graft__forward_args;
+
+struct graft__layer_ops {
+    const char *class_name;
+    /* Reads the Keras config object; sets layer->config. */
+    graft_status (*parse)(graft__layer *layer, const json_t *config);
+    /* Checks the input shapes, computes the output shape and (first call) declares
+     * the weights with their shapes. Called once per node the layer is applied at. */
+    graft_status (*infer)(graft__layer *layer, int n_inputs, const graft__shape *in,
+                          graft__shape *out);
+    /* Bytes of scratch forward needs for this batch; NULL means none. */
+    size_t (*scratch_bytes)(const graft__layer *layer, int n_inputs, const graft__shape *in,
+                            const graft__shape *out, int64_t batch);
+    void (*forward)(const graft__layer *layer, const graft__forward_args *args);
+};
+
+/* The kind for a Keras class name, or NULL. */
+const graft__layer_ops *graft__layer_ops_find(const char *class_name);
+
+/* Declares weight i of a layer (called from infer). Fails when a second node of a
+ * shared layer needs different shapes. */
+graft_status graft__layer_declare_weight(graft__layer *layer, int index, const char *name,
+                                         const graft__shape *shape, int trainable);
+
+/* Largest dimension and element count graft accepts for any tensor, so absurd
+ * shapes in a file are refused before anything is allocated. */
+#define GRAFT__MAX_DIM ((int64_t)1 << 24)
+#define GRAFT__MAX_ELEMS ((int64_t)1 << 31)
+
+/* Builds a shape from dims, refusing absurd values; ctx names the layer in errors. */
+graft_status graft__shape_make(graft__shape *s, int rank, const int64_t *dims, const char *ctx);
+
+/* ---- config helpers shared by the kinds (layers/config.c) ---- */
+
+/* Reads an int pair such as kernel_size [3,3] (or a bare int, meaning both). */
+graft_status graft__config_pair(const json_t *config, const char *key, int64_t out[2],
+                                int64_t fallback, const char *layer);
+graft_status graft__config_bool(const json_t *config, const char *key, int *out, int fallback,
+                                const char *layer);
+graft_status graft__config_double(const json_t *config, const char *key, double *out,
+                                  double fallback, const char *layer);
+/* "same" -> 1, "valid" -> 0; "causal" and others are refused. */
+graft_status graft__config_padding(const json_t *config, int *same, const char *layer);
+/* Refuses data_format channels_first: graft is NHWC throughout. */
+graft_status graft__config_channels_last(const json_t *config, const char *layer);
+
+/* Reads config["activation"] (a string, or null meaning linear). */
+graft_status graft__config_activation(const json_t *config, graft__activation *out,
+                                      const char *layer);
+/* Applies the activation in place over (rows, cols); softmax runs along cols.
+ * Threads over rows with OpenMP. */
+void graft__activation_apply(graft__activation act, float *x, int64_t rows, int64_t cols);
+
+#endif

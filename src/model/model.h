@@ -1,0 +1,53 @@
+/* The model: layers, the graph of their applications (nodes) in topological
+ * order, the flat parameter arena, and the memory plan of the executor. */
+#ifndef GRAFT_MODEL_MODEL_H
+#define GRAFT_MODEL_MODEL_H
+
+#include "graft.h"
+#include "layers/layer.h"
+
+typedef struct graft__node {
+    graft__layer *layer;
+    int n_inputs;
+    int *inputs;          /* node indices, all smaller than this node's */
+    graft__shape shape;   /* output, one sample */
+    int last_use;         /* index of the last node reading this output (-1: none) */
+} graft__node;
+
+/* Executor state for one maximum batch: every node output gets a slot of the
+ * activation arena, reused once its last reader has run. */
+typedef struct graft__plan {
+    int64_t max_batch;
+    int n_slots;
+    size_t *slot_bytes;
+    float **slot_data;
+    int *node_slot;       /* slot of each node's output; -1 for the input node */
+    void *scratch;
+    size_t scratch_bytes;
+} graft__plan;
+
+struct graft_model {
+    char *path;             /* the model.json it came from */
+    int n_layers, layer_capacity;
+    graft__layer **layers;  /* owned, in creation order */
+    int n_nodes, node_capacity;
+    graft__node *nodes;
+    int input_node, output_node;
+    int64_t n_params;       /* floats in the arena */
+    float *params;
+    int64_t n_labels;
+    char **labels;
+    graft__plan plan;
+};
+
+/* Builds layers and nodes from a Keras model config (functional or sequential,
+ * nested models inlined); declares weights; no weight data yet. */
+graft_status graft__graph_build(graft_model *model, const json_t *model_config);
+/* Lays out every declared weight in one arena. */
+graft_status graft__graph_alloc_params(graft_model *model);
+void graft__graph_free(graft_model *model);
+graft__layer *graft__graph_find_layer(graft_model *model, const char *name);
+
+void graft__plan_free(graft__plan *plan);
+
+#endif
