@@ -19,8 +19,8 @@ static graft_status dense_parse(graft__layer *layer, const json_t *config)
     const json_t *units = json_object_get(config, "units");
     if (!json_is_integer(units) || json_integer_value(units) < 1 ||
         json_integer_value(units) > GRAFT__MAX_DIM)
-        return graft__fail(GRAFT_E_FORMAT, "layer '%s': units must be a positive integer",
-                           layer->name);
+        return graft__fail(GRAFT_E_FORMAT, "layer '%s': units must be a positive integer "
+                           "below %lld", layer->name, (long long)GRAFT__MAX_DIM);
     c->units = json_integer_value(units);
     graft_status rc = graft__config_bool(config, "use_bias", &c->use_bias, 1, layer->name);
     return rc ? rc : graft__config_activation(config, &c->act, layer->name);
