@@ -35,9 +35,31 @@ static void activation_forward(const graft__layer *layer, const graft__forward_a
     graft__activation_apply(c->act, a->output, rows, cols);
 }
 
+static void activation_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const activation_config *c = layer->config;
+    float *dx = a->d_inputs[0];
+    if (!dx)
+        return;
+    int64_t cols = a->out_shape->dim[a->out_shape->rank - 1];
+    int64_t rows = a->batch * graft__shape_elems(a->out_shape) / cols, n = rows * cols;
+    if (c->act == GRAFT__ACT_SOFTMAX) {
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++)
+            graft_f32_softmax_rows_backward(a->output, a->d_output, dx, cols, r, r + 1);
+        return;
+    }
+    const int64_t chunk = 16384;
+#pragma omp parallel for schedule(static)
+    for (int64_t s = 0; s < n; s += chunk)
+        graft_f32_activation_backward(c->act, a->inputs[0], a->output, a->d_output, dx, s,
+                                      s + chunk < n ? s + chunk : n);
+}
+
 const graft__layer_ops graft__activation_layer_ops = {
     .class_name = "Activation",
     .parse = activation_parse,
     .infer = activation_infer,
     .forward = activation_forward,
+    .backward = activation_backward,
 };

@@ -56,33 +56,160 @@ static graft_status batch_norm_infer(graft__layer *layer, int n_inputs, const gr
 static size_t batch_norm_scratch(const graft__layer *layer, int n_inputs, const graft__shape *in,
                                  const graft__shape *out, int64_t batch)
 {
-    return 2 * sizeof(float) * (size_t)in[0].dim[in[0].rank - 1];
+    /* two float vectors (8-byte aligned end: 2*ch floats) then two double vectors */
+    size_t ch = (size_t)in[0].dim[in[0].rank - 1];
+    return 2 * ch * sizeof(float) + 2 * ch * sizeof(double);
 }
 
-/* y = x * mul + add with mul = gamma / sqrt(var + eps), add = beta - mean * mul. */
+/* The four per-channel vectors, absent ones NULL. */
+typedef struct bn_weights {
+    float *gamma, *beta, *mean, *var;
+} bn_weights;
+
+static bn_weights weights_of(const graft__layer *layer)
+{
+    const batch_norm_config *c = layer->config;
+    bn_weights w = {0};
+    int i = 0;
+    w.gamma = c->scale ? layer->weights[i++].data : NULL;
+    w.beta = c->center ? layer->weights[i++].data : NULL;
+    w.mean = layer->weights[i++].data;
+    w.var = layer->weights[i].data;
+    return w;
+}
+
+/* Per-channel mean and biased variance over rows, in double, column tiles per
+ * thread so the sums do not depend on the thread count. */
+static void channel_moments(const float *x, int64_t rows, int64_t ch, double *mean, double *var)
+{
+    enum { TILE = 64 };
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < ch; c0 += TILE) {
+        int64_t width = ch - c0 < TILE ? ch - c0 : TILE;
+        double sum[TILE] = {0}, sq[TILE] = {0};
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < width; j++)
+                sum[j] += x[r * ch + c0 + j];
+        for (int64_t j = 0; j < width; j++)
+            mean[c0 + j] = sum[j] / (double)rows;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < width; j++) {
+                double d = x[r * ch + c0 + j] - mean[c0 + j];
+                sq[j] += d * d;
+            }
+        for (int64_t j = 0; j < width; j++)
+            var[c0 + j] = sq[j] / (double)rows;
+    }
+}
+
+static void apply_affine(const float *x, float *y, const float *mul, const float *add,
+                         int64_t rows, int64_t ch)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < ch; j++)
+            y[r * ch + j] = x[r * ch + j] * mul[j] + add[j];
+}
+
+/* Saved for backward in batch-statistics mode: mean and 1/sqrt(var + eps). */
+static size_t batch_norm_saved(const graft__layer *layer, const graft__shape *out, int64_t batch)
+{
+    return 2 * sizeof(float) * (size_t)out->dim[out->rank - 1];
+}
+
+/* y = x * mul + add with mul = gamma / sqrt(var + eps), add = beta - mean * mul,
+ * from the moving statistics (inference, or a frozen layer as Keras >= 2.1 does)
+ * or from the batch's (training a trainable layer), which then also move the
+ * moving statistics by (1 - momentum); the moving variance takes the unbiased
+ * batch variance, as TF's fused batch norm does. */
 static void batch_norm_forward(const graft__layer *layer, const graft__forward_args *a)
 {
     const batch_norm_config *c = layer->config;
     const graft__shape *s = a->out_shape;
     int64_t ch = s->dim[s->rank - 1];
     int64_t rows = a->batch * graft__shape_elems(s) / ch;
-    int w = 0;
-    const float *gamma = c->scale ? layer->weights[w++].data : NULL;
-    const float *beta = c->center ? layer->weights[w++].data : NULL;
-    const float *mean = layer->weights[w++].data;
-    const float *var = layer->weights[w].data;
+    bn_weights w = weights_of(layer);
     float *mul = a->scratch, *add = mul + ch;
+    double *bmean = (double *)(add + ch), *bvar = bmean + ch;
+    if (a->batch_stats)
+        channel_moments(a->inputs[0], rows, ch, bmean, bvar);
     for (int64_t j = 0; j < ch; j++) {
-        double m = (gamma ? gamma[j] : 1.0) / sqrt((double)var[j] + c->epsilon);
+        double mean = a->batch_stats ? bmean[j] : w.mean[j];
+        double var = a->batch_stats ? bvar[j] : w.var[j];
+        double inv = 1.0 / sqrt(var + c->epsilon);
+        double m = (w.gamma ? w.gamma[j] : 1.0) * inv;
         mul[j] = (float)m;
-        add[j] = (float)((beta ? beta[j] : 0.0) - mean[j] * m);
+        add[j] = (float)((w.beta ? w.beta[j] : 0.0) - mean * m);
+        if (a->batch_stats) {
+            double unbiased = rows > 1 ? bvar[j] * (double)rows / (double)(rows - 1) : bvar[j];
+            w.mean[j] = (float)(w.mean[j] * c->momentum + mean * (1.0 - c->momentum));
+            w.var[j] = (float)(w.var[j] * c->momentum + unbiased * (1.0 - c->momentum));
+            if (a->saved) {
+                ((float *)a->saved)[j] = (float)mean;
+                ((float *)a->saved)[ch + j] = (float)inv;
+            }
+        }
     }
-    const float *x = a->inputs[0];
-    float *y = a->output;
+    apply_affine(a->inputs[0], a->output, mul, add, rows, ch);
+}
+
+/* With xhat = (x - mean) * inv:  dgamma = sum dy xhat, dbeta = sum dy, and
+ * dx = gamma inv (dy - [batch stats] (sum dy + xhat sum dy xhat) / rows). */
+static void batch_norm_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const batch_norm_config *c = layer->config;
+    const graft__shape *s = a->out_shape;
+    int64_t ch = s->dim[s->rank - 1];
+    int64_t rows = a->batch * graft__shape_elems(s) / ch;
+    bn_weights w = weights_of(layer);
+    float *mean = a->scratch, *inv = mean + ch;
+    double *sum_dy = (double *)(inv + ch), *sum_dy_xhat = sum_dy + ch;
+    for (int64_t j = 0; j < ch; j++) {
+        mean[j] = a->batch_stats ? ((const float *)a->saved)[j] : w.mean[j];
+        inv[j] = a->batch_stats ? ((const float *)a->saved)[ch + j]
+                                : (float)(1.0 / sqrt((double)w.var[j] + c->epsilon));
+    }
+    const float *x = a->inputs[0], *dy = a->d_output;
+    enum { TILE = 64 };
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < ch; c0 += TILE) {
+        int64_t width = ch - c0 < TILE ? ch - c0 : TILE;
+        double s1[TILE] = {0}, s2[TILE] = {0};
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < width; j++) {
+                int64_t k = r * ch + c0 + j;
+                s1[j] += dy[k];
+                s2[j] += (double)dy[k] * (x[k] - mean[c0 + j]) * inv[c0 + j];
+            }
+        for (int64_t j = 0; j < width; j++) {
+            sum_dy[c0 + j] = s1[j];
+            sum_dy_xhat[c0 + j] = s2[j];
+        }
+    }
+    int wi = 0;
+    float *d_gamma = c->scale ? a->d_weights[wi++] : NULL;
+    float *d_beta = c->center ? a->d_weights[wi++] : NULL;
+    for (int64_t j = 0; j < ch; j++) {
+        if (d_gamma)
+            d_gamma[j] += (float)sum_dy_xhat[j];
+        if (d_beta)
+            d_beta[j] += (float)sum_dy[j];
+    }
+    float *dx = a->d_inputs[0];
+    if (!dx)
+        return;
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < ch; j++)
-            y[r * ch + j] = x[r * ch + j] * mul[j] + add[j];
+        for (int64_t j = 0; j < ch; j++) {
+            int64_t k = r * ch + j;
+            float g = (w.gamma ? w.gamma[j] : 1.0f) * inv[j];
+            float d = dy[k];
+            if (a->batch_stats) {
+                float xhat = (x[k] - mean[j]) * inv[j];
+                d -= (float)((sum_dy[j] + xhat * sum_dy_xhat[j]) / (double)rows);
+            }
+            dx[k] += g * d;
+        }
 }
 
 const graft__layer_ops graft__batch_norm_layer_ops = {
@@ -91,4 +218,6 @@ const graft__layer_ops graft__batch_norm_layer_ops = {
     .infer = batch_norm_infer,
     .scratch_bytes = batch_norm_scratch,
     .forward = batch_norm_forward,
+    .saved_bytes = batch_norm_saved,
+    .backward = batch_norm_backward,
 };

@@ -201,3 +201,51 @@ void graft__activation_apply(graft__activation act, float *x, int64_t rows, int6
     for (int64_t start = 0; start < n; start += chunk)
         graft_f32_activation(act, x, start, start + chunk < n ? start + chunk : n);
 }
+
+const float *graft__activation_grad(graft__activation act, const float *pre, const float *y,
+                                    const float *dy, float *buf, int64_t rows, int64_t cols)
+{
+    if (act == GRAFT__ACT_LINEAR)
+        return dy;
+    int64_t n = rows * cols;
+    memset(buf, 0, sizeof(float) * (size_t)n);
+    if (act == GRAFT__ACT_SOFTMAX) {
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++)
+            graft_f32_softmax_rows_backward(y, dy, buf, cols, r, r + 1);
+        return buf;
+    }
+    const int64_t chunk = 16384;
+#pragma omp parallel for schedule(static)
+    for (int64_t s = 0; s < n; s += chunk) {
+        int64_t e = s + chunk < n ? s + chunk : n;
+        if (pre)
+            graft_f32_activation_backward(act, pre, y, dy, buf, s, e);
+        else
+            graft_f32_activation_backward_from_output(act, y, dy, buf, s, e);
+    }
+    return buf;
+}
+
+void graft__accumulate(float *dst, const float *src, int64_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        dst[i] += src[i];
+}
+
+void graft__sum_rows(float *dst, const float *src, int64_t rows, int64_t cols)
+{
+    enum { TILE = 64 };
+    /* Threads own disjoint column tiles and walk every row in order. */
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < cols; c0 += TILE) {
+        int64_t width = cols - c0 < TILE ? cols - c0 : TILE;
+        double acc[TILE] = {0};
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < width; j++)
+                acc[j] += src[r * cols + c0 + j];
+        for (int64_t j = 0; j < width; j++)
+            dst[c0 + j] += (float)acc[j];
+    }
+}

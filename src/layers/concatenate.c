@@ -71,9 +71,33 @@ static void concatenate_forward(const graft__layer *layer, const graft__forward_
     }
 }
 
+static void concatenate_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const concatenate_config *c = layer->config;
+    int axis = sample_axis(c, a->out_shape->rank);
+    int64_t outer = a->batch, inner = 1;
+    for (int d = 0; d < axis; d++)
+        outer *= a->out_shape->dim[d];
+    for (int d = axis + 1; d < a->out_shape->rank; d++)
+        inner *= a->out_shape->dim[d];
+    int64_t out_run = a->out_shape->dim[axis] * inner;
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < outer; o++) {
+        const float *src = a->d_output + o * out_run;
+        for (int i = 0; i < a->n_inputs; i++) {
+            int64_t run = a->in_shapes[i].dim[axis] * inner;
+            float *dst = a->d_inputs[i];
+            for (int64_t j = 0; dst && j < run; j++)
+                dst[o * run + j] += src[j];
+            src += run;
+        }
+    }
+}
+
 const graft__layer_ops graft__concatenate_layer_ops = {
     .class_name = "Concatenate",
     .parse = concatenate_parse,
     .infer = concatenate_infer,
     .forward = concatenate_forward,
+    .backward = concatenate_backward,
 };

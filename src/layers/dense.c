@@ -1,4 +1,6 @@
 /* Dense over the last axis: y = act(x @ kernel + bias), kernel (in, units). */
+#include <string.h>
+
 #include "core/alloc.h"
 #include "core/error.h"
 #include "kernels/gemm.h"
@@ -57,9 +59,63 @@ static void dense_forward(const graft__layer *layer, const graft__forward_args *
     graft__activation_apply(c->act, a->output, rows, c->units);
 }
 
+/* Pre-activations are kept only for activations whose derivative needs them. */
+static size_t dense_saved(const graft__layer *layer, const graft__shape *out, int64_t batch)
+{
+    const dense_config *c = layer->config;
+    return graft__activation_derivative_from_output(c->act)
+               ? 0
+               : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
+}
+
+static size_t dense_scratch(const graft__layer *layer, int n_inputs, const graft__shape *in,
+                            const graft__shape *out, int64_t batch)
+{
+    return sizeof(float) * (size_t)(batch * graft__shape_elems(out));
+}
+
+static void dense_training_forward(const graft__layer *layer, const graft__forward_args *a)
+{
+    const dense_config *c = layer->config;
+    if (!a->saved || graft__activation_derivative_from_output(c->act)) {
+        dense_forward(layer, a);
+        return;
+    }
+    const graft__shape *is = &a->in_shapes[0];
+    int64_t in_dim = is->dim[is->rank - 1];
+    int64_t rows = a->batch * graft__shape_elems(is) / in_dim;
+    graft_f32_gemm(0, 0, rows, c->units, in_dim, 1.0f, a->inputs[0], in_dim, layer->weights[0].data,
+                   c->units, 0.0f, a->output, c->units);
+    if (c->use_bias)
+        graft_f32_add_bias_rows(a->output, layer->weights[1].data, rows, c->units);
+    memcpy(a->saved, a->output, sizeof(float) * (size_t)(rows * c->units));
+    graft__activation_apply(c->act, a->output, rows, c->units);
+}
+
+static void dense_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const dense_config *c = layer->config;
+    const graft__shape *is = &a->in_shapes[0];
+    int64_t in_dim = is->dim[is->rank - 1];
+    int64_t rows = a->batch * graft__shape_elems(is) / in_dim;
+    const float *g = graft__activation_grad(c->act, a->saved, a->output, a->d_output, a->scratch,
+                                            rows, c->units);
+    if (a->d_weights[0])
+        graft_f32_gemm(1, 0, in_dim, c->units, rows, 1.0f, a->inputs[0], in_dim, g, c->units, 1.0f,
+                       a->d_weights[0], c->units);
+    if (c->use_bias && a->d_weights[1])
+        graft__sum_rows(a->d_weights[1], g, rows, c->units);
+    if (a->d_inputs[0])
+        graft_f32_gemm(0, 1, rows, in_dim, c->units, 1.0f, g, c->units, layer->weights[0].data,
+                       c->units, 1.0f, a->d_inputs[0], in_dim);
+}
+
 const graft__layer_ops graft__dense_layer_ops = {
     .class_name = "Dense",
     .parse = dense_parse,
     .infer = dense_infer,
-    .forward = dense_forward,
+    .scratch_bytes = dense_scratch,
+    .forward = dense_training_forward,
+    .saved_bytes = dense_saved,
+    .backward = dense_backward,
 };

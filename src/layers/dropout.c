@@ -1,8 +1,8 @@
-/* Dropout: the identity at inference. Training-mode masking arrives with the
- * training engine, which owns the random streams. */
+/* Dropout: the identity at inference, inverted dropout in training. */
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/random.h"
 #include "core/error.h"
 #include "layers/layer.h"
 
@@ -30,11 +30,44 @@ static graft_status dropout_infer(graft__layer *layer, int n_inputs, const graft
     return GRAFT_OK;
 }
 
+/* Inverted dropout (Keras): kept values are scaled by 1/(1-rate) so inference
+ * needs no rescaling. The mask is a function of (seed, index): backward
+ * regenerates it instead of storing it. */
+static float keep_scale(const dropout_config *c, uint64_t seed, int64_t i)
+{
+    return graft__uniform(seed, (uint64_t)i) >= (float)c->rate ? (float)(1.0 / (1.0 - c->rate))
+                                                                : 0.0f;
+}
+
 static void dropout_forward(const graft__layer *layer, const graft__forward_args *a)
 {
-    if (a->output != a->inputs[0])
-        memcpy(a->output, a->inputs[0],
-               sizeof(float) * (size_t)(a->batch * graft__shape_elems(a->out_shape)));
+    const dropout_config *c = layer->config;
+    int64_t n = a->batch * graft__shape_elems(a->out_shape);
+    if (!a->training || c->rate == 0.0) {
+        if (a->output != a->inputs[0])
+            memcpy(a->output, a->inputs[0], sizeof(float) * (size_t)n);
+        return;
+    }
+    const float *x = a->inputs[0];
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        a->output[i] = x[i] * keep_scale(c, a->seed, i);
+}
+
+static void dropout_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const dropout_config *c = layer->config;
+    float *dx = a->d_inputs[0];
+    if (!dx)
+        return;
+    int64_t n = a->batch * graft__shape_elems(a->out_shape);
+    if (c->rate == 0.0) {
+        graft__accumulate(dx, a->d_output, n);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        dx[i] += a->d_output[i] * keep_scale(c, a->seed, i);
 }
 
 const graft__layer_ops graft__dropout_layer_ops = {
@@ -42,4 +75,5 @@ const graft__layer_ops graft__dropout_layer_ops = {
     .parse = dropout_parse,
     .infer = dropout_infer,
     .forward = dropout_forward,
+    .backward = dropout_backward,
 };

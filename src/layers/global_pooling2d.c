@@ -43,11 +43,48 @@ static void global_max_forward(const graft__layer *layer, const graft__forward_a
                                      a->output);
 }
 
+static void global_average_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const graft__shape *s = &a->in_shapes[0];
+    int64_t hw = s->dim[0] * s->dim[1], ch = s->dim[2];
+    float *dx = a->d_inputs[0];
+    if (!dx)
+        return;
+    float scale = 1.0f / (float)hw;
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < a->batch * hw; row++) {
+        const float *dy = a->d_output + (row / hw) * ch;
+        for (int64_t c = 0; c < ch; c++)
+            dx[row * ch + c] += dy[c] * scale;
+    }
+}
+
+/* The gradient goes to the first position holding the maximum. */
+static void global_max_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const graft__shape *s = &a->in_shapes[0];
+    int64_t hw = s->dim[0] * s->dim[1], ch = s->dim[2];
+    float *dx = a->d_inputs[0];
+    if (!dx)
+        return;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < a->batch; n++)
+        for (int64_t c = 0; c < ch; c++) {
+            const float *x = a->inputs[0] + n * hw * ch + c;
+            int64_t best = 0;
+            for (int64_t p = 1; p < hw; p++)
+                if (x[p * ch] > x[best * ch])
+                    best = p;
+            dx[(n * hw + best) * ch + c] += a->d_output[n * ch + c];
+        }
+}
+
 const graft__layer_ops graft__global_average_pooling2d_layer_ops = {
     .class_name = "GlobalAveragePooling2D",
     .parse = global_pooling_parse,
     .infer = global_pooling_infer,
     .forward = global_average_forward,
+    .backward = global_average_backward,
 };
 
 const graft__layer_ops graft__global_max_pooling2d_layer_ops = {
@@ -55,4 +92,5 @@ const graft__layer_ops graft__global_max_pooling2d_layer_ops = {
     .parse = global_pooling_parse,
     .infer = global_pooling_infer,
     .forward = global_max_forward,
+    .backward = global_max_backward,
 };

@@ -53,8 +53,31 @@ typedef struct graft__forward_args {
     float *output;                  /* (batch, out_shape) */
     const graft__shape *out_shape;
     void *scratch;                  /* scratch_bytes() bytes, 64-byte aligned */
-    int training;                   /* dropout active, BatchNorm mode chosen by caller */
+    int training;                   /* dropout active */
+    int batch_stats;                /* BatchNorm normalises with (and updates from) batch statistics */
+    void *saved;                    /* saved_bytes() bytes kept for backward (training only) */
+    uint64_t seed;                  /* random stream of this node and step (dropout) */
 } graft__forward_args;
+
+/* Gradients flow backward by accumulation: every d* buffer is added to, never
+ * overwritten, so fan-out and several batches sum without extra passes; the
+ * trainer zeroes them. A NULL d_inputs[i] or d_weights[w] means that gradient is
+ * not wanted (a frozen input branch or a frozen weight) and is not computed. */
+typedef struct graft__backward_args {
+    int64_t batch;
+    int n_inputs;
+    const float *const *inputs;     /* forward inputs, each (batch, in_shapes[i]) */
+    const graft__shape *in_shapes;
+    const float *output;            /* forward output (batch, out_shape) */
+    const graft__shape *out_shape;
+    const float *d_output;          /* (batch, out_shape) */
+    float *const *d_inputs;         /* each (batch, in_shapes[i]) or NULL */
+    float *const *d_weights;        /* one per layer weight, the weight's shape, or NULL */
+    void *scratch;
+    int batch_stats;                /* as in the forward call */
+    const void *saved;              /* what forward saved */
+    uint64_t seed;                  /* as in the forward call */
+} graft__backward_args;
 
 struct graft__layer_ops {
     const char *class_name;
@@ -68,6 +91,12 @@ struct graft__layer_ops {
     size_t (*scratch_bytes)(const graft__layer *layer, int n_inputs, const graft__shape *in,
                             const graft__shape *out, int64_t batch);
     void (*forward)(const graft__layer *layer, const graft__forward_args *args);
+    /* Bytes forward must keep for backward in training (BatchNorm batch moments);
+     * NULL means none. */
+    size_t (*saved_bytes)(const graft__layer *layer, const graft__shape *out, int64_t batch);
+    /* Accumulates input and weight gradients; NULL for kinds with nothing to learn
+     * and no input gradient (InputLayer). Uses the same scratch as forward. */
+    void (*backward)(const graft__layer *layer, const graft__backward_args *args);
 };
 
 /* The kind for a Keras class name, or NULL. */
@@ -106,5 +135,20 @@ graft_status graft__config_activation(const json_t *config, graft__activation *o
 /* Applies the activation in place over (rows, cols); softmax runs along cols.
  * Threads over rows with OpenMP. */
 void graft__activation_apply(graft__activation act, float *x, int64_t rows, int64_t cols);
+
+/* Gradient through a fused activation (Conv2D, Dense, ...): returns a buffer
+ * holding dy * f'(.) (buf, written, not accumulated) or dy itself when linear.
+ * pre is the pre-activation when the layer kept it, else NULL (then f' comes
+ * from the output y). */
+const float *graft__activation_grad(graft__activation act, const float *pre, const float *y,
+                                    const float *dy, float *buf, int64_t rows, int64_t cols);
+
+/* dst[j] += sum over rows of src[r, j], accumulated in double in row order, so
+ * the result does not depend on the thread count. */
+void graft__sum_rows(float *dst /* (cols) */, const float *src /* (rows, cols) */, int64_t rows,
+                     int64_t cols);
+
+/* dst[i] += src[i] over n floats, threaded. */
+void graft__accumulate(float *dst, const float *src, int64_t n);
 
 #endif

@@ -49,11 +49,39 @@ static void multiply_forward(const graft__layer *layer, const graft__forward_arg
     }
 }
 
+static void add_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    int64_t n = a->batch * graft__shape_elems(a->out_shape);
+    for (int k = 0; k < a->n_inputs; k++)
+        if (a->d_inputs[k])
+            graft__accumulate(a->d_inputs[k], a->d_output, n);
+}
+
+/* d x_k = dy * product of the other inputs (recomputed; no division, so zeros are fine). */
+static void multiply_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    int64_t n = a->batch * graft__shape_elems(a->out_shape);
+    for (int k = 0; k < a->n_inputs; k++) {
+        float *dx = a->d_inputs[k];
+        if (!dx)
+            continue;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            float p = a->d_output[i];
+            for (int j = 0; j < a->n_inputs; j++)
+                if (j != k)
+                    p *= a->inputs[j][i];
+            dx[i] += p;
+        }
+    }
+}
+
 const graft__layer_ops graft__add_layer_ops = {
     .class_name = "Add",
     .parse = merge_parse,
     .infer = merge_infer,
     .forward = add_forward,
+    .backward = add_backward,
 };
 
 const graft__layer_ops graft__multiply_layer_ops = {
@@ -61,4 +89,5 @@ const graft__layer_ops graft__multiply_layer_ops = {
     .parse = merge_parse,
     .infer = merge_infer,
     .forward = multiply_forward,
+    .backward = multiply_backward,
 };

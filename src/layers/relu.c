@@ -53,9 +53,24 @@ static void relu_forward(const graft__layer *layer, const graft__forward_args *a
                                c->negative_slope, c->threshold);
 }
 
+static void relu_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const relu_config *c = layer->config;
+    if (!a->d_inputs[0])
+        return;
+    int64_t n = a->batch * graft__shape_elems(a->out_shape);
+    const int64_t chunk = 16384;
+#pragma omp parallel for schedule(static)
+    for (int64_t s = 0; s < n; s += chunk)
+        graft_f32_relu_general_backward(a->inputs[0], a->d_output, a->d_inputs[0], s,
+                                        s + chunk < n ? s + chunk : n, c->max_value,
+                                        c->negative_slope, c->threshold);
+}
+
 const graft__layer_ops graft__relu_layer_ops = {
     .class_name = "ReLU",
     .parse = relu_parse,
     .infer = relu_infer,
     .forward = relu_forward,
+    .backward = relu_backward,
 };

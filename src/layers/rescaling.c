@@ -44,9 +44,22 @@ static void rescaling_forward(const graft__layer *layer, const graft__forward_ar
         y[i] = x[i] * c->scale + c->offset;
 }
 
+static void rescaling_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const rescaling_config *c = layer->config;
+    float *dx = a->d_inputs[0];
+    if (!dx)
+        return;
+    int64_t n = a->batch * graft__shape_elems(a->out_shape);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        dx[i] += a->d_output[i] * c->scale;
+}
+
 const graft__layer_ops graft__rescaling_layer_ops = {
     .class_name = "Rescaling",
     .parse = rescaling_parse,
     .infer = rescaling_infer,
     .forward = rescaling_forward,
+    .backward = rescaling_backward,
 };

@@ -79,11 +79,18 @@ static void reshape_forward(const graft__layer *layer, const graft__forward_args
                sizeof(float) * (size_t)(a->batch * graft__shape_elems(a->out_shape)));
 }
 
+static void reshape_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    if (a->d_inputs[0])
+        graft__accumulate(a->d_inputs[0], a->d_output, a->batch * graft__shape_elems(a->out_shape));
+}
+
 const graft__layer_ops graft__flatten_layer_ops = {
     .class_name = "Flatten",
     .parse = flatten_parse,
     .infer = reshape_infer,
     .forward = reshape_forward,
+    .backward = reshape_backward,
 };
 
 const graft__layer_ops graft__reshape_layer_ops = {
@@ -91,4 +98,5 @@ const graft__layer_ops graft__reshape_layer_ops = {
     .parse = reshape_parse,
     .infer = reshape_infer,
     .forward = reshape_forward,
+    .backward = reshape_backward,
 };

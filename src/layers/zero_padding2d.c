@@ -87,9 +87,29 @@ static void zero_padding_forward(const graft__layer *layer, const graft__forward
     }
 }
 
+static void zero_padding_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const zero_padding_config *c = layer->config;
+    float *dx = a->d_inputs[0];
+    if (!dx)
+        return;
+    const graft__shape *is = &a->in_shapes[0], *os = a->out_shape;
+    int64_t in_h = is->dim[0], in_w = is->dim[1], ch = is->dim[2], out_h = os->dim[0];
+    int64_t out_w = os->dim[1];
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < a->batch * in_h; row++) {
+        int64_t n = row / in_h, ih = row % in_h;
+        const float *src = a->d_output + ((n * out_h + ih + c->top) * out_w + c->left) * ch;
+        float *dst = dx + row * in_w * ch;
+        for (int64_t i = 0; i < in_w * ch; i++)
+            dst[i] += src[i];
+    }
+}
+
 const graft__layer_ops graft__zero_padding2d_layer_ops = {
     .class_name = "ZeroPadding2D",
     .parse = zero_padding_parse,
     .infer = zero_padding_infer,
     .forward = zero_padding_forward,
+    .backward = zero_padding_backward,
 };
