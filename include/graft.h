@@ -126,6 +126,116 @@ graft_status graft_model_prepare(graft_model *model, int64_t max_batch);
 /* Optional class labels (labels.txt beside model.json), NULL when absent. */
 const char *graft_model_label(const graft_model *model, int64_t index);
 
+/* ---- freezing ------------------------------------------------------------ */
+
+/* Sets every layer's trainable flag. */
+void graft_model_set_trainable_all(graft_model *model, int trainable);
+/* Freezes the layers before `name` (in graph order) and unfreezes it and every
+ * layer after it, as Keras's `for layer in base.layers[:i]: layer.trainable = False`. */
+graft_status graft_model_unfreeze_from(graft_model *model, const char *name);
+/* Freezes all but the last n layers that have weights. */
+graft_status graft_model_unfreeze_last(graft_model *model, int n);
+
+/* ---- training -------------------------------------------------------------- */
+
+typedef enum graft_optimizer {
+    GRAFT_OPTIMIZER_SGD = 0,   /* momentum, Nesterov; weight_decay is coupled L2 */
+    GRAFT_OPTIMIZER_ADAM,      /* weight_decay is coupled L2 */
+    GRAFT_OPTIMIZER_ADAMW      /* weight_decay is decoupled (Loshchilov & Hutter) */
+} graft_optimizer;
+
+typedef enum graft_schedule {
+    GRAFT_SCHEDULE_CONSTANT = 0,
+    GRAFT_SCHEDULE_STEP,        /* times gamma every step_epochs */
+    GRAFT_SCHEDULE_EXPONENTIAL, /* times gamma per epoch, continuously */
+    GRAFT_SCHEDULE_COSINE,      /* linear warm-up, then cosine to min_lr */
+    GRAFT_SCHEDULE_ONE_CYCLE    /* PyTorch OneCycleLR (cos), learning_rate is the peak */
+} graft_schedule;
+
+typedef enum graft_layer_lr {
+    GRAFT_LAYER_LR_UNIFORM = 0,
+    GRAFT_LAYER_LR_DISCRIMINATIVE, /* fastai slice(lo, hi): geometric from lr*lr_low_ratio up to lr */
+    GRAFT_LAYER_LR_DECAY           /* timm layer_decay: lr * decay^(depth from the top) */
+} graft_layer_lr;
+
+typedef enum graft_monitor { GRAFT_MONITOR_VAL_LOSS = 0, GRAFT_MONITOR_VAL_ACCURACY } graft_monitor;
+
+typedef struct graft_epoch_metrics {
+    int epoch;                   /* 1-based */
+    double train_loss, train_accuracy;
+    double val_loss, val_accuracy; /* NaN without validation data */
+    double learning_rate;        /* at the epoch's last step */
+    double seconds, images_per_second;
+    int best;                    /* this epoch is the best so far by the monitor */
+} graft_epoch_metrics;
+
+/* Called after each epoch; a nonzero return stops training (as early stopping does). */
+typedef int (*graft_epoch_callback)(const graft_epoch_metrics *metrics, void *user);
+
+/* Supplies training examples by index; graft shuffles the indices. Called from
+ * the training thread; epoch lets a source augment differently each epoch. */
+typedef struct graft_batch_source {
+    int64_t count;
+    graft_status (*fill)(void *user, const int64_t *indices, int64_t n, int epoch,
+                         float *x /* (n, model input) */, int32_t *labels /* (n) */);
+    void *user;
+} graft_batch_source;
+
+typedef struct graft_train_config {
+    int epochs;                 /* default 10 */
+    int64_t batch_size;         /* default 32 */
+    uint64_t seed;              /* shuffles, dropout: same seed and threads, same weights */
+    graft_optimizer optimizer;  /* default ADAM */
+    double learning_rate;       /* default 1e-3 */
+    double momentum;            /* SGD, default 0.9 */
+    int nesterov;
+    double beta1, beta2, epsilon; /* Adam, default 0.9, 0.999, 1e-7 (Keras) */
+    double weight_decay;        /* see graft_optimizer; default 0 */
+    double l2_sp;               /* alpha of L2-SP towards the pretrained weights (Li et al. 2018) */
+    double l2_new;              /* beta: plain L2 on weights that were not loaded (a new head) */
+    double label_smoothing;     /* default 0 */
+    const float *class_weights; /* (classes) or NULL: Keras class_weight */
+    double clip_norm;           /* global-norm clipping; 0 = off */
+    graft_schedule schedule;
+    double warmup_epochs, min_lr;
+    double step_epochs, gamma;  /* STEP and EXPONENTIAL */
+    double pct_start, div_factor, final_div_factor; /* ONE_CYCLE: 0.3, 25, 1e4 */
+    graft_layer_lr layer_lr;
+    double lr_low_ratio;        /* DISCRIMINATIVE: lowest group gets lr * ratio; default 0.01 */
+    double layer_decay;         /* DECAY: default 0.75 */
+    int bn_inference;           /* keep every BatchNorm on moving statistics (small data) */
+    /* early stopping: patience 0 = off */
+    graft_monitor monitor;
+    int patience;
+    double min_delta;
+    int restore_best;           /* default 1 */
+    /* reduce learning rate on plateau: patience 0 = off */
+    int plateau_patience;
+    double plateau_factor;      /* default 0.1 */
+    const char *checkpoint;     /* written atomically at every epoch end; NULL = none */
+    int resume;                 /* continue from checkpoint when it exists */
+    volatile const int *stop;   /* when it becomes nonzero: finish the step, checkpoint, stop */
+    graft_epoch_callback on_epoch;
+    void *user;
+} graft_train_config;
+
+void graft_train_config_defaults(graft_train_config *config);
+
+typedef struct graft_train_result {
+    int epochs_run;             /* including those before a resume */
+    int best_epoch;             /* 1-based, 0 without validation */
+    graft_epoch_metrics best;   /* metrics of best_epoch (or the last epoch) */
+    graft_epoch_metrics last;
+} graft_train_result;
+
+/* Trains the model's trainable layers with softmax cross-entropy on the final
+ * output, read as logits when the last layer has a softmax activation is not
+ * present, else ... (see graft_train_config). val may be NULL. Returns
+ * GRAFT_E_INTERRUPTED when *config->stop was raised (after checkpointing). */
+graft_status graft_train(graft_model *model, const graft_batch_source *train,
+                         const graft_batch_source *val, const graft_train_config *config,
+                         graft_train_result *result);
+
 /* ---- images ---------------------------------------------------------------- */
 
 typedef enum graft_resize_mode {

@@ -32,7 +32,8 @@ static void activation_forward(const graft__layer *layer, const graft__forward_a
     int64_t rows = a->batch * graft__shape_elems(a->out_shape) / cols;
     if (a->output != a->inputs[0])
         memcpy(a->output, a->inputs[0], sizeof(float) * (size_t)(rows * cols));
-    graft__activation_apply(c->act, a->output, rows, cols);
+    if (!a->logits)
+        graft__activation_apply(c->act, a->output, rows, cols);
 }
 
 static void activation_backward(const graft__layer *layer, const graft__backward_args *a)
@@ -43,6 +44,10 @@ static void activation_backward(const graft__layer *layer, const graft__backward
         return;
     int64_t cols = a->out_shape->dim[a->out_shape->rank - 1];
     int64_t rows = a->batch * graft__shape_elems(a->out_shape) / cols, n = rows * cols;
+    if (a->logits) {
+        graft__accumulate(dx, a->d_output, n);
+        return;
+    }
     if (c->act == GRAFT__ACT_SOFTMAX) {
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++)
@@ -56,10 +61,16 @@ static void activation_backward(const graft__layer *layer, const graft__backward
                                       s + chunk < n ? s + chunk : n);
 }
 
+static graft__activation activation_output_activation(const graft__layer *layer)
+{
+    return ((const activation_config *)layer->config)->act;
+}
+
 const graft__layer_ops graft__activation_layer_ops = {
     .class_name = "Activation",
     .parse = activation_parse,
     .infer = activation_infer,
     .forward = activation_forward,
     .backward = activation_backward,
+    .output_activation = activation_output_activation,
 };

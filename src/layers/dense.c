@@ -77,7 +77,7 @@ static size_t dense_scratch(const graft__layer *layer, int n_inputs, const graft
 static void dense_training_forward(const graft__layer *layer, const graft__forward_args *a)
 {
     const dense_config *c = layer->config;
-    if (!a->saved || graft__activation_derivative_from_output(c->act)) {
+    if (!a->logits && (!a->saved || graft__activation_derivative_from_output(c->act))) {
         dense_forward(layer, a);
         return;
     }
@@ -88,6 +88,8 @@ static void dense_training_forward(const graft__layer *layer, const graft__forwa
                    c->units, 0.0f, a->output, c->units);
     if (c->use_bias)
         graft_f32_add_bias_rows(a->output, layer->weights[1].data, rows, c->units);
+    if (a->logits)
+        return;
     memcpy(a->saved, a->output, sizeof(float) * (size_t)(rows * c->units));
     graft__activation_apply(c->act, a->output, rows, c->units);
 }
@@ -98,8 +100,9 @@ static void dense_backward(const graft__layer *layer, const graft__backward_args
     const graft__shape *is = &a->in_shapes[0];
     int64_t in_dim = is->dim[is->rank - 1];
     int64_t rows = a->batch * graft__shape_elems(is) / in_dim;
-    const float *g = graft__activation_grad(c->act, a->saved, a->output, a->d_output, a->scratch,
-                                            rows, c->units);
+    const float *g = a->logits ? a->d_output
+                               : graft__activation_grad(c->act, a->saved, a->output, a->d_output,
+                                                        a->scratch, rows, c->units);
     if (a->d_weights[0])
         graft_f32_gemm(1, 0, in_dim, c->units, rows, 1.0f, a->inputs[0], in_dim, g, c->units, 1.0f,
                        a->d_weights[0], c->units);
@@ -110,6 +113,11 @@ static void dense_backward(const graft__layer *layer, const graft__backward_args
                        c->units, 1.0f, a->d_inputs[0], in_dim);
 }
 
+static graft__activation dense_output_activation(const graft__layer *layer)
+{
+    return ((const dense_config *)layer->config)->act;
+}
+
 const graft__layer_ops graft__dense_layer_ops = {
     .class_name = "Dense",
     .parse = dense_parse,
@@ -118,4 +126,5 @@ const graft__layer_ops graft__dense_layer_ops = {
     .forward = dense_training_forward,
     .saved_bytes = dense_saved,
     .backward = dense_backward,
+    .output_activation = dense_output_activation,
 };

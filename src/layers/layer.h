@@ -57,6 +57,7 @@ typedef struct graft__forward_args {
     int batch_stats;                /* BatchNorm normalises with (and updates from) batch statistics */
     void *saved;                    /* saved_bytes() bytes kept for backward (training only) */
     uint64_t seed;                  /* random stream of this node and step (dropout) */
+    int logits;                     /* skip the fused softmax: the loss applies it */
 } graft__forward_args;
 
 /* Gradients flow backward by accumulation: every d* buffer is added to, never
@@ -77,6 +78,7 @@ typedef struct graft__backward_args {
     int batch_stats;                /* as in the forward call */
     const void *saved;              /* what forward saved */
     uint64_t seed;                  /* as in the forward call */
+    int logits;                     /* as in forward: d_output is w.r.t. the logits */
 } graft__backward_args;
 
 struct graft__layer_ops {
@@ -97,6 +99,8 @@ struct graft__layer_ops {
     /* Accumulates input and weight gradients; NULL for kinds with nothing to learn
      * and no input gradient (InputLayer). Uses the same scratch as forward. */
     void (*backward)(const graft__layer *layer, const graft__backward_args *args);
+    /* The activation the kind applies last (softmax lets the loss fuse it); NULL: linear. */
+    graft__activation (*output_activation)(const graft__layer *layer);
 };
 
 /* The kind for a Keras class name, or NULL. */

@@ -414,14 +414,22 @@ static graft_status build_sequential(graft_model *m, const json_t *config, const
             return graft__fail(GRAFT_E_FORMAT, "sequential layer %zu has no class_name or name", i);
         if (strcmp(cls, "InputLayer") == 0 && current >= 0)
             continue;
+        layer_nodes ln = {name, entry, 1, 0, NULL};
+        int outs[1][MAX_OUTPUTS];
+        ln.outputs = outs;
+        /* A nested model first (as TF.js saves Teachable Machine models) brings its
+         * own InputLayer. */
+        if (current < 0 && is_model_class(cls) && !json_object_get(lconfig, "batch_input_shape")) {
+            if ((rc = build_call(m, &ln, NULL, 0)))
+                return rc;
+            current = outs[0][0];
+            continue;
+        }
         if (current < 0 && strcmp(cls, "InputLayer") != 0) {
             if ((rc = sequential_input(m, entry)))
                 return rc;
             current = m->input_node;
         }
-        layer_nodes ln = {name, entry, 1, 0, NULL};
-        int outs[1][MAX_OUTPUTS];
-        ln.outputs = outs;
         if (strcmp(cls, "InputLayer") == 0) {
             if ((rc = build_call(m, &ln, NULL, 0)))
                 return rc;

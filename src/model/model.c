@@ -79,3 +79,34 @@ const char *graft_model_label(const graft_model *m, int64_t index)
 {
     return m && index >= 0 && index < m->n_labels ? m->labels[index] : NULL;
 }
+
+void graft_model_set_trainable_all(graft_model *m, int trainable)
+{
+    for (int i = 0; m && i < m->n_layers; i++)
+        m->layers[i]->trainable = trainable != 0;
+}
+
+/* Layers are kept in creation order, which is graph order for the models graft
+ * builds (a layer is created at its first call). */
+graft_status graft_model_unfreeze_from(graft_model *m, const char *name)
+{
+    int from = graft_model_find_layer(m, name);
+    if (from < 0)
+        return graft__fail(GRAFT_E_NOT_FOUND, "%s: no layer named '%s'", m ? m->path : "model",
+                           name ? name : "(null)");
+    for (int i = 0; i < m->n_layers; i++)
+        m->layers[i]->trainable = i >= from;
+    return GRAFT_OK;
+}
+
+graft_status graft_model_unfreeze_last(graft_model *m, int n)
+{
+    if (!m || n < 0)
+        return graft__fail(GRAFT_E_INVALID_ARG, "unfreeze_last: n must be >= 0");
+    int from = m->n_layers;
+    for (int seen = 0; from > 0 && seen < n; from--)
+        seen += m->layers[from - 1]->n_weights > 0;
+    for (int i = 0; i < m->n_layers; i++)
+        m->layers[i]->trainable = i >= from;
+    return GRAFT_OK;
+}

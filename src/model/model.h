@@ -48,6 +48,12 @@ graft_status graft__graph_alloc_params(graft_model *model);
 void graft__graph_free(graft_model *model);
 graft__layer *graft__graph_find_layer(graft_model *model, const char *name);
 
+/* Plans and allocates activation slots and scratch for max_batch; nodes marked in
+ * pinned (may be NULL) keep their slot to the end of the pass. */
+graft_status graft__plan_build(const graft_model *m, graft__plan *plan, int64_t max_batch,
+                               const char *pinned);
 void graft__plan_free(graft__plan *plan);
+/* Scratch bytes node i needs at this batch. */
+size_t graft__node_scratch(const graft_model *m, int i, int64_t batch);
 
 #endif

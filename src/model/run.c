@@ -40,7 +40,10 @@ static int take_slot(graft__plan *p, const int *busy, size_t need)
     return best;
 }
 
-static graft_status assign_slots(graft_model *m, graft__plan *p, int *busy)
+/* Gives every node but the input a slot; a slot is recycled after its node's
+ * last reader unless the node is pinned (kept for backward). */
+static graft_status plan_assign_slots(const graft_model *m, graft__plan *p, int *busy,
+                                      const char *pinned)
 {
     for (int i = 0; i < m->n_nodes; i++) {
         const graft__node *node = &m->nodes[i];
@@ -56,16 +59,17 @@ static graft_status assign_slots(graft_model *m, graft__plan *p, int *busy)
         }
         for (int k = 0; k < node->n_inputs; k++) {
             int src = node->inputs[k];
-            if (m->nodes[src].last_use == i && p->node_slot[src] >= 0)
+            if (m->nodes[src].last_use == i && p->node_slot[src] >= 0 && !(pinned && pinned[src]))
                 busy[p->node_slot[src]] = 0;
         }
-        if (node->last_use < 0 && i != m->output_node && p->node_slot[i] >= 0)
+        if (node->last_use < 0 && i != m->output_node && p->node_slot[i] >= 0 &&
+            !(pinned && pinned[i]))
             busy[p->node_slot[i]] = 0;
     }
     return GRAFT_OK;
 }
 
-static size_t node_scratch(const graft_model *m, int i, int64_t batch)
+size_t graft__node_scratch(const graft_model *m, int i, int64_t batch)
 {
     const graft__node *node = &m->nodes[i];
     if (!node->layer->ops->scratch_bytes)
@@ -76,21 +80,17 @@ static size_t node_scratch(const graft_model *m, int i, int64_t batch)
     return node->layer->ops->scratch_bytes(node->layer, node->n_inputs, in, &node->shape, batch);
 }
 
-graft_status graft_model_prepare(graft_model *m, int64_t max_batch)
+graft_status graft__plan_build(const graft_model *m, graft__plan *p, int64_t max_batch,
+                               const char *pinned)
 {
-    if (!m || max_batch < 1)
-        return graft__fail(GRAFT_E_INVALID_ARG, "graft_model_prepare: batch must be >= 1");
-    if (m->plan.max_batch >= max_batch)
-        return GRAFT_OK;
-    graft__plan_free(&m->plan);
-    graft__plan *p = &m->plan;
+    memset(p, 0, sizeof *p);
     p->max_batch = max_batch;
     int *busy = graft__calloc((size_t)m->n_nodes, sizeof(int));
     p->slot_bytes = graft__calloc((size_t)m->n_nodes, sizeof(size_t));
     p->node_slot = graft__calloc((size_t)m->n_nodes, sizeof(int));
     p->slot_data = graft__calloc((size_t)m->n_nodes, sizeof(float *));
     graft_status rc = busy && p->slot_bytes && p->node_slot && p->slot_data
-                          ? assign_slots(m, p, busy)
+                          ? plan_assign_slots(m, p, busy, pinned)
                           : graft__fail(GRAFT_E_NOMEM, "out of memory planning the graph");
     graft__free(busy);
     for (int s = 0; !rc && s < p->n_slots; s++)
@@ -98,7 +98,7 @@ graft_status graft_model_prepare(graft_model *m, int64_t max_batch)
             rc = graft__fail(GRAFT_E_NOMEM, "out of memory for activations (%zu bytes)",
                              p->slot_bytes[s]);
     for (int i = 0; !rc && i < m->n_nodes; i++) {
-        size_t bytes = node_scratch(m, i, max_batch);
+        size_t bytes = graft__node_scratch(m, i, max_batch);
         p->scratch_bytes = bytes > p->scratch_bytes ? bytes : p->scratch_bytes;
     }
     if (!rc && p->scratch_bytes && !(p->scratch = graft__malloc_aligned(p->scratch_bytes)))
@@ -106,6 +106,16 @@ graft_status graft_model_prepare(graft_model *m, int64_t max_batch)
     if (rc)
         graft__plan_free(p);
     return rc;
+}
+
+graft_status graft_model_prepare(graft_model *m, int64_t max_batch)
+{
+    if (!m || max_batch < 1)
+        return graft__fail(GRAFT_E_INVALID_ARG, "graft_model_prepare: batch must be >= 1");
+    if (m->plan.max_batch >= max_batch)
+        return GRAFT_OK;
+    graft__plan_free(&m->plan);
+    return graft__plan_build(m, &m->plan, max_batch, NULL);
 }
 
 static void run_node(graft_model *m, int i, int64_t batch, const float *input)

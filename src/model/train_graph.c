@@ -1,0 +1,227 @@
+#include "model/train_graph.h"
+
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/error.h"
+#include "core/random.h"
+
+int graft__weight_learns(const graft__layer *layer, int w)
+{
+    return layer->trainable && layer->weights[w].trainable;
+}
+
+static int layer_learns(const graft__layer *layer)
+{
+    for (int w = 0; w < layer->n_weights; w++)
+        if (graft__weight_learns(layer, w))
+            return 1;
+    return 0;
+}
+
+/* A node runs backward when it learns or feeds from a node that does; nodes
+ * below the lowest learning layer compute no gradient at all. */
+static void mark_backward(graft__train_graph *tg)
+{
+    const graft_model *m = tg->model;
+    tg->first_backward = m->n_nodes;
+    for (int i = 0; i < m->n_nodes; i++) {
+        const graft__node *node = &m->nodes[i];
+        char needs = (char)layer_learns(node->layer);
+        for (int k = 0; k < node->n_inputs; k++)
+            needs |= tg->needs_backward[node->inputs[k]];
+        tg->needs_backward[i] = needs;
+        if (needs && i < tg->first_backward)
+            tg->first_backward = i;
+    }
+    /* Backward of node j reads its inputs and its output: keep those. */
+    for (int j = 0; j < m->n_nodes; j++) {
+        if (!tg->needs_backward[j])
+            continue;
+        tg->pinned[j] = 1;
+        for (int k = 0; k < m->nodes[j].n_inputs; k++)
+            tg->pinned[m->nodes[j].inputs[k]] = 1;
+    }
+    tg->pinned[m->output_node] = 1;
+}
+
+static size_t node_saved_bytes(const graft_model *m, int i, int64_t batch)
+{
+    const graft__layer *layer = m->nodes[i].layer;
+    return layer->ops->saved_bytes ? layer->ops->saved_bytes(layer, &m->nodes[i].shape, batch) : 0;
+}
+
+static graft_status alloc_node_buffers(graft__train_graph *tg)
+{
+    const graft_model *m = tg->model;
+    for (int i = 0; i < m->n_nodes; i++) {
+        if (!tg->needs_backward[i])
+            continue;
+        size_t bytes = sizeof(float) * (size_t)(tg->max_batch * graft__shape_elems(&m->nodes[i].shape));
+        if (i != m->input_node && !(tg->d_act[i] = graft__malloc_aligned(bytes)))
+            return graft__fail(GRAFT_E_NOMEM, "out of memory for gradients of layer '%s'",
+                               m->nodes[i].layer->name);
+        size_t saved = node_saved_bytes(m, i, tg->max_batch);
+        if (saved && !(tg->saved[i] = graft__malloc_aligned(saved)))
+            return graft__fail(GRAFT_E_NOMEM, "out of memory for layer '%s'",
+                               m->nodes[i].layer->name);
+    }
+    return GRAFT_OK;
+}
+
+graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model, int64_t max_batch,
+                                     int bn_inference)
+{
+    memset(tg, 0, sizeof *tg);
+    tg->model = model;
+    tg->max_batch = max_batch;
+    tg->bn_inference = bn_inference;
+    size_t n = (size_t)model->n_nodes;
+    tg->needs_backward = graft__calloc(n, 1);
+    tg->pinned = graft__calloc(n, 1);
+    tg->d_act = graft__calloc(n, sizeof(float *));
+    tg->saved = graft__calloc(n, sizeof(void *));
+    tg->n_grads = model->n_params;
+    tg->grads = graft__malloc_aligned(sizeof(float) * (size_t)(model->n_params ? model->n_params : 1));
+    if (!tg->needs_backward || !tg->pinned || !tg->d_act || !tg->saved || !tg->grads) {
+        graft__train_graph_free(tg);
+        return graft__fail(GRAFT_E_NOMEM, "out of memory preparing training");
+    }
+    memset(tg->grads, 0, sizeof(float) * (size_t)model->n_params);
+    mark_backward(tg);
+    graft_status rc = GRAFT_OK;
+    for (int i = 0; i < model->n_nodes && !rc; i++)
+        if (tg->needs_backward[i] && i != model->input_node && !model->nodes[i].layer->ops->backward)
+            rc = graft__fail(GRAFT_E_UNSUPPORTED, "layer '%s' (%s) cannot be trained yet: it has "
+                             "no backward pass", model->nodes[i].layer->name,
+                             model->nodes[i].layer->ops->class_name);
+    if (!rc)
+        rc = graft__plan_build(model, &tg->plan, max_batch, tg->pinned);
+    if (!rc)
+        rc = alloc_node_buffers(tg);
+    /* Backward uses the same scratch as forward; it may need more (Dense keeps
+     * dy*f' there), so the plan's scratch is sized by the same scratch_bytes. */
+    if (rc)
+        graft__train_graph_free(tg);
+    return rc;
+}
+
+void graft__train_graph_free(graft__train_graph *tg)
+{
+    if (!tg->model)
+        return;
+    for (int i = 0; tg->d_act && i < tg->model->n_nodes; i++) {
+        graft__free_aligned(tg->d_act[i]);
+        if (tg->saved)
+            graft__free_aligned(tg->saved[i]);
+    }
+    graft__free(tg->d_act);
+    graft__free(tg->saved);
+    graft__free(tg->needs_backward);
+    graft__free(tg->pinned);
+    graft__free_aligned(tg->grads);
+    graft__plan_free(&tg->plan);
+    memset(tg, 0, sizeof *tg);
+}
+
+static float *activation(graft__train_graph *tg, int i, const float *input)
+{
+    return i == tg->model->input_node ? (float *)input : tg->plan.slot_data[tg->plan.node_slot[i]];
+}
+
+void graft__train_forward(graft__train_graph *tg, const float *input, int64_t batch, int training,
+                          uint64_t seed, int logits_output)
+{
+    graft_model *m = tg->model;
+    tg->input = input;
+    for (int i = 0; i < m->n_nodes; i++) {
+        if (i == m->input_node)
+            continue;
+        const graft__node *node = &m->nodes[i];
+        const float *inputs[64];
+        graft__shape in_shapes[64];
+        for (int k = 0; k < node->n_inputs && k < 64; k++) {
+            inputs[k] = activation(tg, node->inputs[k], input);
+            in_shapes[k] = m->nodes[node->inputs[k]].shape;
+        }
+        graft__forward_args args = {
+            .batch = batch,
+            .n_inputs = node->n_inputs,
+            .inputs = inputs,
+            .in_shapes = in_shapes,
+            .output = activation(tg, i, input),
+            .out_shape = &node->shape,
+            .scratch = tg->plan.scratch,
+            .training = training,
+            .batch_stats = training && node->layer->trainable && !tg->bn_inference,
+            .saved = training ? tg->saved[i] : NULL,
+            .seed = graft__seed_derive(seed, (uint64_t)i),
+            .logits = logits_output && i == m->output_node,
+        };
+        node->layer->ops->forward(node->layer, &args);
+    }
+}
+
+float *graft__train_output(graft__train_graph *tg)
+{
+    return activation(tg, tg->model->output_node, tg->input);
+}
+
+static void zero_activation_grads(graft__train_graph *tg, int64_t batch)
+{
+    const graft_model *m = tg->model;
+    for (int i = 0; i < m->n_nodes; i++)
+        if (tg->d_act[i])
+            memset(tg->d_act[i], 0,
+                   sizeof(float) * (size_t)(batch * graft__shape_elems(&m->nodes[i].shape)));
+}
+
+static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t seed, int logits)
+{
+    graft_model *m = tg->model;
+    const graft__node *node = &m->nodes[i];
+    const graft__layer *layer = node->layer;
+    const float *inputs[64];
+    float *d_inputs[64], *d_weights[GRAFT__MAX_WEIGHTS];
+    graft__shape in_shapes[64];
+    for (int k = 0; k < node->n_inputs && k < 64; k++) {
+        int src = node->inputs[k];
+        inputs[k] = activation(tg, src, tg->input);
+        in_shapes[k] = m->nodes[src].shape;
+        d_inputs[k] = tg->needs_backward[src] ? tg->d_act[src] : NULL;
+    }
+    for (int w = 0; w < layer->n_weights; w++)
+        d_weights[w] = graft__weight_learns(layer, w) ? tg->grads + layer->weights[w].offset : NULL;
+    graft__backward_args args = {
+        .batch = batch,
+        .n_inputs = node->n_inputs,
+        .inputs = inputs,
+        .in_shapes = in_shapes,
+        .output = activation(tg, i, tg->input),
+        .out_shape = &node->shape,
+        .d_output = tg->d_act[i],
+        .d_inputs = d_inputs,
+        .d_weights = d_weights,
+        .scratch = tg->plan.scratch,
+        .batch_stats = layer->trainable && !tg->bn_inference,
+        .saved = tg->saved[i],
+        .seed = graft__seed_derive(seed, (uint64_t)i),
+        .logits = logits,
+    };
+    layer->ops->backward(layer, &args);
+}
+
+void graft__train_backward(graft__train_graph *tg, const float *d_output, int64_t batch,
+                           uint64_t seed, int logits_output)
+{
+    graft_model *m = tg->model;
+    int out = m->output_node;
+    if (!tg->needs_backward[out])
+        return;
+    zero_activation_grads(tg, batch);
+    memcpy(tg->d_act[out], d_output,
+           sizeof(float) * (size_t)(batch * graft__shape_elems(&m->nodes[out].shape)));
+    for (int i = m->n_nodes - 1; i >= tg->first_backward; i--)
+        if (tg->needs_backward[i] && i != m->input_node)
+            backward_node(tg, i, batch, seed, logits_output && i == out);
+}

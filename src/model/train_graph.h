@@ -1,0 +1,46 @@
+/* Forward and backward passes for training: which nodes run backward, which
+ * activations are kept for it, gradient buffers, BatchNorm modes, random streams.
+ * The optimiser and the loop over batches live in train/. */
+#ifndef GRAFT_MODEL_TRAIN_GRAPH_H
+#define GRAFT_MODEL_TRAIN_GRAPH_H
+
+#include "model/model.h"
+
+typedef struct graft__train_graph {
+    graft_model *model;
+    int64_t max_batch;
+    int bn_inference;      /* keep every BatchNorm on its moving statistics */
+    char *needs_backward;  /* per node: it learns or a node feeding it does */
+    char *pinned;          /* per node: activation kept for backward */
+    graft__plan plan;      /* activations (pinned ones live through the pass) */
+    float **d_act;         /* per node gradient buffer, NULL when not needed */
+    void **saved;          /* per node forward-saved state, NULL when none */
+    float *grads;          /* same layout as model->params; only trainable parts used */
+    int64_t n_grads;
+    int first_backward;    /* lowest node that runs backward (n_nodes when none) */
+    const float *input;    /* the batch of the last forward */
+} graft__train_graph;
+
+/* Plans for the model's current trainable flags; call again after changing them. */
+graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model, int64_t max_batch,
+                                     int bn_inference);
+void graft__train_graph_free(graft__train_graph *tg);
+
+/* Whether weight w of layer l receives gradients (layer trainable and the weight a
+ * parameter, not state such as moving statistics). */
+int graft__weight_learns(const graft__layer *layer, int w);
+
+/* Forward over a batch; training enables dropout and batch statistics of
+ * trainable BatchNorm layers; seed selects this step's random streams;
+ * logits_output leaves out the output layer's softmax (the loss fuses it). */
+void graft__train_forward(graft__train_graph *tg, const float *input, int64_t batch, int training,
+                          uint64_t seed, int logits_output);
+/* The final output of the last forward, (batch, output size). */
+float *graft__train_output(graft__train_graph *tg);
+
+/* Backward from d(loss)/d(final output); zeroes activation gradients first and
+ * ACCUMULATES into tg->grads (the caller zeroes those per step). */
+void graft__train_backward(graft__train_graph *tg, const float *d_output, int64_t batch,
+                           uint64_t seed, int logits_output);
+
+#endif
