@@ -129,8 +129,8 @@ void graft__scale(float *x, /* (n) */ float scale, int64_t start, int64_t end);
 /* Clips the arrays together to global L2 norm max_norm: computes the norm, writes
  * it (before clipping) to *norm when norm is non-NULL, and multiplies every array
  * by graft__clip_scale(norm, max_norm) when that is below 1.
- * GRAFT_E_INVALID_ARG when n_arrays < 0, a count < 0, max_norm is not finite and
- * > 0, or the norm is not finite (an inf or NaN gradient: the arrays are then left
+ * GRAFT_E_INVALID_ARG when n_arrays < 0, a count < 0, max_norm is not a finite
+ * number > 0, or the norm is not finite (an inf or NaN gradient: the arrays are left
  * untouched and *norm still receives the value, so a caller may skip the step). */
 graft_status graft__clip_global_norm(int n_arrays,
                                      float *const *arrays,   /* array i (counts[i]), scaled */
