@@ -70,4 +70,29 @@ void graft_f32_conv2d__gemm(const graft_conv_geom *g,
                             float *out,          /* (N, out_h, out_w, out_c) */
                             float *scratch);     /* graft_f32_conv2d_scratch_bytes(g) bytes, or NULL if 0 */
 
+/* ---- DepthwiseConv2D ------------------------------------------------------- */
+/* Depth multiplier M = out_c / in_c; output channel c*M + m reads input channel c
+ * with kernel[.., .., c, m]. Rows [row_start, row_end) index batch*out_h. */
+
+void graft_f32_dwconv2d__ref(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                             const float *in,     /* (N, in_h, in_w, in_c) */
+                             const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                             const float *bias,   /* (in_c*M) or NULL */
+                             float *out);         /* (N, out_h, out_w, in_c*M) */
+
+/* Vectorised over channels; M=1 runs a register-tiled path (several output pixels
+ * per channel tile), channel tails and M>1 run a generic path. */
+void graft_f32_dwconv2d__direct(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                                const float *in,     /* (N, in_h, in_w, in_c) */
+                                const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                                const float *bias,   /* (in_c*M) or NULL */
+                                float *out);         /* (N, out_h, out_w, in_c*M) */
+
+/* __direct over all rows, split over the OpenMP threads (graft_threads()). */
+void graft_f32_dwconv2d_parallel(const graft_conv_geom *g,
+                                 const float *in,     /* (N, in_h, in_w, in_c) */
+                                 const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                                 const float *bias,   /* (in_c*M) or NULL */
+                                 float *out);         /* (N, out_h, out_w, in_c*M) */
+
 #endif
