@@ -95,4 +95,45 @@ void graft_f32_dwconv2d_parallel(const graft_conv_geom *g,
                                  const float *bias,   /* (in_c*M) or NULL */
                                  float *out);         /* (N, out_h, out_w, in_c*M) */
 
+/* ---- pooling ------------------------------------------------------------------- */
+/* Windows as for conv with out_c = in_c and dilation 1. TF semantics: max pooling
+ * ignores padded cells; average pooling divides by the number of valid (unpadded)
+ * cells of each window. A window with no valid cell (only possible with a
+ * hand-made geometry whose padding reaches a whole kernel) gives 0. */
+
+void graft_f32_maxpool2d__ref(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                              const float *in, /* (N, in_h, in_w, C) */
+                              float *out);     /* (N, out_h, out_w, C) */
+void graft_f32_maxpool2d__direct(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                                 const float *in, /* (N, in_h, in_w, C) */
+                                 float *out);     /* (N, out_h, out_w, C) */
+void graft_f32_maxpool2d_parallel(const graft_conv_geom *g,
+                                  const float *in, /* (N, in_h, in_w, C) */
+                                  float *out);     /* (N, out_h, out_w, C) */
+
+void graft_f32_avgpool2d__ref(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                              const float *in, /* (N, in_h, in_w, C) */
+                              float *out);     /* (N, out_h, out_w, C) */
+void graft_f32_avgpool2d__direct(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                                 const float *in, /* (N, in_h, in_w, C) */
+                                 float *out);     /* (N, out_h, out_w, C) */
+void graft_f32_avgpool2d_parallel(const graft_conv_geom *g,
+                                  const float *in, /* (N, in_h, in_w, C) */
+                                  float *out);     /* (N, out_h, out_w, C) */
+
+/* Global pooling over H and W for samples [n_start, n_end): (N,H,W,C) -> (N,C).
+ * Cheap enough (one pass over the input) that callers need not thread it. */
+void graft_f32_global_avgpool__ref(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                   const float *in, /* (N, hw, c) */
+                                   float *out);     /* (N, c) */
+void graft_f32_global_avgpool__direct(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                      const float *in, /* (N, hw, c) */
+                                      float *out);     /* (N, c) */
+void graft_f32_global_maxpool__ref(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                   const float *in, /* (N, hw, c) */
+                                   float *out);     /* (N, c) */
+void graft_f32_global_maxpool__direct(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                      const float *in, /* (N, hw, c) */
+                                      float *out);     /* (N, c) */
+
 #endif
