@@ -1,0 +1,139 @@
+/* Convolution and pooling kernels over NHWC float32 tensors.
+ *
+ * Kernels are pure compute over raw pointers: no allocation (callers pass scratch),
+ * no globals, no printing, no argument checks beyond what the geometry implies.
+ * Each fast variant has a naive `__ref` beside it that the tests hold it to.
+ *
+ * Threading: a kernel that takes [row_start, row_end) runs single-threaded over
+ * those rows of the flattened (batch * out_h) output rows, so the caller can split
+ * the rows over OpenMP threads (the `_parallel` wrappers do exactly that) and a
+ * test can call it directly. GEMM-based kernels take no range: they call
+ * cblas_sgemm, which OpenBLAS threads itself, and use no OpenMP.
+ *
+ * Buffers: no kernel here reads or writes outside the shapes documented at its
+ * parameters (no SIMD over-read), so callers need no padding floats.
+ */
+#ifndef GRAFT_KERNELS_CONV_H
+#define GRAFT_KERNELS_CONV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Geometry of a 2-D convolution or pooling window over NHWC data.
+ * Padding follows TensorFlow: pad_top/pad_left given, bottom/right implied by
+ * out_h/out_w (TF 'same' pads asymmetrically:
+ * total = max((out-1)*stride + (k-1)*dilation + 1 - in, 0), top = total/2). */
+typedef struct graft_conv_geom {
+    int64_t batch, in_h, in_w, in_c;
+    int64_t out_h, out_w, out_c; /* for depthwise: out_c = in_c * depth_multiplier */
+    int64_t kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w;
+    int64_t pad_top, pad_left;
+} graft_conv_geom;
+
+/* Fills out_h/out_w/pad_top/pad_left from the other fields for TF 'valid'
+ * (same_padding=0) or 'same' (=1); the caller sets everything else (pooling sets
+ * dilation 1, out_c = in_c). Returns 0, leaving *g untouched, if the output would
+ * be empty or a size, kernel, stride or dilation is below 1; else 1. */
+int graft_conv_geom_init(graft_conv_geom *g, int same_padding);
+
+/* ---- Conv2D ----------------------------------------------------------------- */
+
+/* out = conv(in, kernel) + bias over the whole batch. Naive: one double-precision
+ * dot product per output value. */
+void graft_f32_conv2d__ref(const graft_conv_geom *g,
+                           const float *in,     /* (N, in_h, in_w, in_c) */
+                           const float *kernel, /* (kernel_h, kernel_w, in_c, out_c), Keras layout */
+                           const float *bias,   /* (out_c) or NULL */
+                           float *out);         /* (N, out_h, out_w, out_c) */
+
+/* Bytes of scratch graft_f32_conv2d__gemm needs: 0 for a 1x1 stride-1 unpadded conv
+ * (a plain GEMM on the input), else an im2col buffer for a bounded chunk of output
+ * pixels (GRAFT_CONV2D_IM2COL_BUDGET bytes, or one pixel's patch if that is larger). */
+size_t graft_f32_conv2d_scratch_bytes(const graft_conv_geom *g);
+
+/* Measured on MobileNetV2's convs at batch 32 (bench_kernels): 1 to 8 MiB run the
+ * same, 256 KiB chunks make GEMMs too short for OpenBLAS; 2 MiB keeps scratch
+ * small (a 3x3x64 conv on a 28x28 image needs 1.8 MB per image). */
+#ifndef GRAFT_CONV2D_IM2COL_BUDGET
+#define GRAFT_CONV2D_IM2COL_BUDGET ((size_t)2 << 20)
+#endif
+
+/* As the ref, via im2col + cblas_sgemm over chunks of output pixels; each output
+ * chunk is first filled with the bias and the GEMM accumulates into it (beta=1).
+ * Threaded by OpenBLAS only: the im2col fill is serial, because with OpenBLAS's
+ * pthread build an OpenMP region between GEMMs contends with its spinning
+ * workers. Call it from outside any OpenMP parallel region. */
+void graft_f32_conv2d__gemm(const graft_conv_geom *g,
+                            const float *in,     /* (N, in_h, in_w, in_c) */
+                            const float *kernel, /* (kernel_h, kernel_w, in_c, out_c) */
+                            const float *bias,   /* (out_c) or NULL */
+                            float *out,          /* (N, out_h, out_w, out_c) */
+                            float *scratch);     /* graft_f32_conv2d_scratch_bytes(g) bytes, or NULL if 0 */
+
+/* ---- DepthwiseConv2D ------------------------------------------------------- */
+/* Depth multiplier M = out_c / in_c; output channel c*M + m reads input channel c
+ * with kernel[.., .., c, m]. Rows [row_start, row_end) index batch*out_h. */
+
+void graft_f32_dwconv2d__ref(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                             const float *in,     /* (N, in_h, in_w, in_c) */
+                             const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                             const float *bias,   /* (in_c*M) or NULL */
+                             float *out);         /* (N, out_h, out_w, in_c*M) */
+
+/* Vectorised over channels; M=1 runs a register-tiled path (several output pixels
+ * per channel tile), channel tails and M>1 run a generic path. */
+void graft_f32_dwconv2d__direct(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                                const float *in,     /* (N, in_h, in_w, in_c) */
+                                const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                                const float *bias,   /* (in_c*M) or NULL */
+                                float *out);         /* (N, out_h, out_w, in_c*M) */
+
+/* __direct over all rows, split over the OpenMP threads (graft_threads()). */
+void graft_f32_dwconv2d_parallel(const graft_conv_geom *g,
+                                 const float *in,     /* (N, in_h, in_w, in_c) */
+                                 const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                                 const float *bias,   /* (in_c*M) or NULL */
+                                 float *out);         /* (N, out_h, out_w, in_c*M) */
+
+/* ---- pooling ------------------------------------------------------------------- */
+/* Windows as for conv with out_c = in_c and dilation 1. TF semantics: max pooling
+ * ignores padded cells; average pooling divides by the number of valid (unpadded)
+ * cells of each window. A window with no valid cell (only possible with a
+ * hand-made geometry whose padding reaches a whole kernel) gives 0. */
+
+void graft_f32_maxpool2d__ref(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                              const float *in, /* (N, in_h, in_w, C) */
+                              float *out);     /* (N, out_h, out_w, C) */
+void graft_f32_maxpool2d__direct(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                                 const float *in, /* (N, in_h, in_w, C) */
+                                 float *out);     /* (N, out_h, out_w, C) */
+void graft_f32_maxpool2d_parallel(const graft_conv_geom *g,
+                                  const float *in, /* (N, in_h, in_w, C) */
+                                  float *out);     /* (N, out_h, out_w, C) */
+
+void graft_f32_avgpool2d__ref(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                              const float *in, /* (N, in_h, in_w, C) */
+                              float *out);     /* (N, out_h, out_w, C) */
+void graft_f32_avgpool2d__direct(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                                 const float *in, /* (N, in_h, in_w, C) */
+                                 float *out);     /* (N, out_h, out_w, C) */
+void graft_f32_avgpool2d_parallel(const graft_conv_geom *g,
+                                  const float *in, /* (N, in_h, in_w, C) */
+                                  float *out);     /* (N, out_h, out_w, C) */
+
+/* Global pooling over H and W for samples [n_start, n_end): (N,H,W,C) -> (N,C).
+ * Cheap enough (one pass over the input) that callers need not thread it. */
+void graft_f32_global_avgpool__ref(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                   const float *in, /* (N, hw, c) */
+                                   float *out);     /* (N, c) */
+void graft_f32_global_avgpool__direct(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                      const float *in, /* (N, hw, c) */
+                                      float *out);     /* (N, c) */
+void graft_f32_global_maxpool__ref(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                   const float *in, /* (N, hw, c) */
+                                   float *out);     /* (N, c) */
+void graft_f32_global_maxpool__direct(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                      const float *in, /* (N, hw, c) */
+                                      float *out);     /* (N, c) */
+
+#endif
