@@ -250,10 +250,11 @@ typedef enum graft_preprocess {
     GRAFT_PREPROCESS_INCEPTION,     /* identical to MOBILENET */
     GRAFT_PREPROCESS_TORCH,         /* x/255, minus ImageNet mean, over ImageNet std */
     GRAFT_PREPROCESS_CAFFE,         /* RGB->BGR, minus ImageNet mean in 0..255 */
-    GRAFT_PREPROCESS_NONE           /* raw 0..255 */
+    GRAFT_PREPROCESS_NONE,          /* raw 0..255 */
+    GRAFT_PREPROCESS_UNIT           /* x/255 in 0..1 (what nsfwjs feeds its models) */
 } graft_preprocess;
 
-/* Parses "mobilenet", "inception", "torch", "caffe" or "none". */
+/* Parses "mobilenet", "inception", "torch", "caffe", "none" or "unit". */
 graft_status graft_preprocess_parse(const char *name, graft_preprocess *out);
 graft_status graft_resize_mode_parse(const char *name, graft_resize_mode *out);
 

@@ -324,16 +324,22 @@ static void test_preprocess_modes(void **state)
     memcpy(x, pixel, sizeof x);
     graft__preprocess(x, 2, GRAFT_PREPROCESS_NONE);
     assert_memory_equal(x, pixel, sizeof x);
+
+    memcpy(x, pixel, sizeof x);
+    graft__preprocess(x, 2, GRAFT_PREPROCESS_UNIT);
+    const float unit[6] = {0, 0.5f, 1, 10 / 255.0f, 20 / 255.0f, 30 / 255.0f};
+    for (int i = 0; i < 6; ++i)
+        assert_float_equal(x[i], unit[i], 1e-7);
 }
 
 static void test_parse_names(void **state)
 {
     (void)state;
-    const char *names[5] = {"mobilenet", "inception", "torch", "caffe", "none"};
-    const graft_preprocess modes[5] = {GRAFT_PREPROCESS_MOBILENET, GRAFT_PREPROCESS_INCEPTION,
+    const char *names[6] = {"mobilenet", "inception", "torch", "caffe", "none", "unit"};
+    const graft_preprocess modes[6] = {GRAFT_PREPROCESS_MOBILENET, GRAFT_PREPROCESS_INCEPTION,
                                        GRAFT_PREPROCESS_TORCH, GRAFT_PREPROCESS_CAFFE,
-                                       GRAFT_PREPROCESS_NONE};
-    for (int i = 0; i < 5; ++i) {
+                                       GRAFT_PREPROCESS_NONE, GRAFT_PREPROCESS_UNIT};
+    for (int i = 0; i < 6; ++i) {
         graft_preprocess p = (graft_preprocess)-1;
         assert_int_equal(graft_preprocess_parse(names[i], &p), GRAFT_OK);
         assert_int_equal(p, modes[i]);

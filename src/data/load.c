@@ -15,7 +15,7 @@ static graft_status check_args(const char *path, int64_t height, int64_t width,
                            path, (long long)width, (long long)height);
     if ((unsigned)resize > GRAFT_RESIZE_PAD)
         return graft__fail(GRAFT_E_INVALID_ARG, "%s: unknown resize mode %d", path, (int)resize);
-    if ((unsigned)preprocess > GRAFT_PREPROCESS_NONE)
+    if ((unsigned)preprocess > GRAFT_PREPROCESS_UNIT)
         return graft__fail(GRAFT_E_INVALID_ARG, "%s: unknown preprocessing %d", path,
                            (int)preprocess);
     return GRAFT_OK;

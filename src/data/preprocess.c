@@ -11,7 +11,7 @@ static const struct {
 } preprocess_names[] = {
     {"mobilenet", GRAFT_PREPROCESS_MOBILENET}, {"inception", GRAFT_PREPROCESS_INCEPTION},
     {"torch", GRAFT_PREPROCESS_TORCH},         {"caffe", GRAFT_PREPROCESS_CAFFE},
-    {"none", GRAFT_PREPROCESS_NONE},
+    {"none", GRAFT_PREPROCESS_NONE},           {"unit", GRAFT_PREPROCESS_UNIT},
 };
 
 static const struct {
@@ -32,7 +32,7 @@ graft_status graft_preprocess_parse(const char *name, graft_preprocess *out)
         }
     return graft__fail(GRAFT_E_INVALID_ARG,
                        "unknown preprocessing '%s' (expected mobilenet, inception, torch, "
-                       "caffe or none)",
+                       "caffe, none or unit)",
                        name ? name : "(null)");
 }
 
@@ -79,5 +79,9 @@ void graft__preprocess(float *pixels, int64_t n_pixels, graft_preprocess mode)
     case GRAFT_PREPROCESS_TORCH: torch(pixels, n_pixels); break;
     case GRAFT_PREPROCESS_CAFFE: caffe(pixels, n_pixels); break;
     case GRAFT_PREPROCESS_NONE: break;
+    case GRAFT_PREPROCESS_UNIT:
+        for (int64_t i = 0; i < n_pixels * 3; ++i)
+            pixels[i] /= 255.0f;
+        break;
     }
 }
