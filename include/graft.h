@@ -265,6 +265,93 @@ graft_status graft_resize_mode_parse(const char *name, graft_resize_mode *out);
 graft_status graft_image_load(const char *path, int64_t height, int64_t width,
                               graft_resize_mode resize, graft_preprocess preprocess, float *out);
 
+/* ---- augmentation ------------------------------------------------------------ */
+
+/* Random augmentation of one image, different for every (seed, epoch, image);
+ * meanings follow the Keras preprocessing layers where one exists. Zero means off.
+ * Geometric ones run on the resized image, with Keras's default fill mode (reflect)
+ * and bilinear interpolation; colour ones on 0..255 values before preprocessing. */
+typedef struct graft_augment {
+    int flip_horizontal, flip_vertical;   /* RandomFlip: each with probability 1/2 */
+    double rotation;      /* RandomRotation factor: angle uniform in [-f, f] * 2*pi */
+    double zoom;          /* RandomZoom factor: each axis scaled by 1 + u, u in [-f, f]
+                           * (positive zooms out, as Keras's height_factor) */
+    double translate;     /* RandomTranslation factor: shift up to f * size per axis */
+    double crop_scale;    /* random-resized-crop: area fraction uniform in [crop_scale, 1],
+                           * aspect ratio log-uniform in [3/4, 4/3] (torchvision); 0 = off */
+    double brightness;    /* RandomBrightness factor: add u * 255, u in [-f, f] */
+    double contrast;      /* RandomContrast factor: (x - mean) * (1 + u) + mean, u in [-f, f] */
+    double saturation;    /* scale chroma by 1 + u, u in [-f, f] */
+    double hue;           /* rotate hue by u * 360 degrees, u in [-f, f] */
+    double erasing;       /* random erasing (Zhong et al.) with this probability */
+    double mixup;         /* batch level: Beta(alpha, alpha) mixing; 0 = off */
+    double cutmix;        /* batch level: Beta(alpha, alpha) box mixing; 0 = off */
+} graft_augment;
+
+/* ---- datasets ------------------------------------------------------------------ */
+
+typedef struct graft_dataset graft_dataset;
+
+typedef struct graft_dataset_options {
+    int64_t height, width;        /* size every image is resized to (the model input) */
+    graft_resize_mode resize;
+    graft_preprocess preprocess;
+    size_t cache_bytes;           /* keep decoded images (uint8) in RAM up to this budget;
+                                   * default 1 GiB, 0 = decode every time */
+    int threads;                  /* decoding threads, 0 = all cores */
+} graft_dataset_options;
+
+void graft_dataset_options_defaults(graft_dataset_options *options);
+
+/* Opens labelled images from:
+ *  - a folder tree ROOT/<class>/<image> (classes sorted by name, as Keras's
+ *    image_dataset_from_directory; images in nested folders of a class count too);
+ *  - a .csv or .tsv list of "path,label" rows (paths relative to the list; a header
+ *    row "path,label" is allowed; labels are class names, sorted);
+ *  - an IDX images file (MNIST/Fashion-MNIST format, raw or .gz) whose labels file
+ *    sits beside it (name with "images-idx3" replaced by "labels-idx1"); grey images
+ *    become RGB, classes are "0".."9" until graft_dataset_set_class_names.
+ * Unreadable, corrupt or empty image files are skipped, counted and reported by
+ * graft_dataset_skipped(); opening fails only when fewer than two classes have images. */
+graft_status graft_dataset_open(const char *path, const graft_dataset_options *options,
+                                graft_dataset **out);
+void graft_dataset_free(graft_dataset *dataset);
+
+int64_t graft_dataset_count(const graft_dataset *dataset);
+int64_t graft_dataset_class_count(const graft_dataset *dataset);
+const char *graft_dataset_class_name(const graft_dataset *dataset, int64_t class_index);
+graft_status graft_dataset_set_class_names(graft_dataset *dataset, const char *const *names,
+                                           int64_t n);
+int32_t graft_dataset_label(const graft_dataset *dataset, int64_t index);
+/* The image's file (or "file#index" inside an IDX file). */
+const char *graft_dataset_path(const graft_dataset *dataset, int64_t index);
+/* Images per class, (class_count) entries. */
+void graft_dataset_class_counts(const graft_dataset *dataset, int64_t *counts);
+/* Files skipped as unreadable, and the message of the first one ("" if none). */
+int64_t graft_dataset_skipped(const graft_dataset *dataset, const char **first_message);
+
+/* Stratified, seeded split: each class contributes round(fraction * its count)
+ * images (at least one when it has two or more) to val. The parts share storage
+ * with the parent and must be freed before it. */
+graft_status graft_dataset_split(const graft_dataset *dataset, double val_fraction, uint64_t seed,
+                                 graft_dataset **train, graft_dataset **val);
+/* The first k images of each class in a seeded shuffle (all of a class with fewer). */
+graft_status graft_dataset_sample_per_class(const graft_dataset *dataset, int64_t k, uint64_t seed,
+                                            graft_dataset **out);
+/* Keras-style balanced weights: total / (classes * count of the class). */
+graft_status graft_dataset_class_weights(const graft_dataset *dataset, float *weights);
+
+/* Decodes, resizes, augments (aug may be NULL) and preprocesses images
+ * indices[0..n) into x (n, height, width, 3), labels into labels (may be NULL);
+ * in parallel, the result independent of the thread count. seed selects the
+ * augmentation draw (graft_train passes the epoch). */
+graft_status graft_dataset_load(graft_dataset *dataset, const int64_t *indices, int64_t n,
+                                const graft_augment *aug, uint64_t seed, float *x,
+                                int32_t *labels);
+
+/* A graft_batch_source over the dataset with this augmentation (copied; NULL = none). */
+graft_batch_source graft_dataset_source(graft_dataset *dataset, const graft_augment *aug);
+
 #ifdef __cplusplus
 }
 #endif
