@@ -126,6 +126,24 @@ graft_status graft_model_prepare(graft_model *model, int64_t max_batch);
 /* Optional class labels (labels.txt beside model.json), NULL when absent. */
 const char *graft_model_label(const graft_model *model, int64_t index);
 
+/* ---- editing ------------------------------------------------------------- */
+
+/* Makes the named layer the output and drops every layer the output no longer
+ * needs (the usual transfer-learning cut, e.g. at "out_relu"). */
+graft_status graft_model_cut(graft_model *model, const char *layer_name);
+/* Appends the classic transfer-learning head: global average pooling (for image
+ * features; Flatten for other ranks), dropout (if > 0) and a softmax Dense over
+ * `classes`, Glorot-initialised from seed. New layers are trainable. */
+graft_status graft_model_add_classifier(graft_model *model, int64_t classes, double dropout,
+                                        uint64_t seed);
+/* Replaces the class labels (copied). */
+graft_status graft_model_set_labels(graft_model *model, const char *const *labels, int64_t n);
+
+/* Writes the model as a TF.js layers model (model.json + float32 weight shards
+ * + labels.txt) that TF.js's loadLayersModel reads unchanged. The folder is
+ * written under a temporary name and renamed into place. */
+graft_status graft_model_save(const graft_model *model, const char *dir);
+
 /* ---- freezing ------------------------------------------------------------ */
 
 /* Sets every layer's trainable flag. */

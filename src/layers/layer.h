@@ -40,6 +40,7 @@ typedef struct graft__layer {
     char *name;
     const graft__layer_ops *ops;
     void *config;          /* the kind's private parsed config (graft__free'd) */
+    json_t *keras_config;  /* the Keras config object, kept to save the model */
     int trainable;
     int n_weights;
     graft__weight weights[GRAFT__MAX_WEIGHTS];

@@ -70,8 +70,10 @@ static graft_status new_layer(graft_model *m, const char *name, const char *cls,
         return graft__fail(GRAFT_E_NOMEM, "out of memory");
     }
     layer->ops = ops;
+    layer->keras_config = json_incref((json_t *)config);
     graft_status rc = grow((void **)&m->layers, &m->layer_capacity, m->n_layers + 1, sizeof *m->layers);
     if (rc) {
+        json_decref(layer->keras_config);
         graft__free(layer->name);
         graft__free(layer);
         return rc;
@@ -459,8 +461,17 @@ static graft_status build_model(graft_model *m, const json_t *entry, const int *
     return graft__fail(GRAFT_E_UNSUPPORTED, "model class '%s' is not supported", cls);
 }
 
+graft_status graft__graph_add_layer(graft_model *m, const char *name, const char *class_name,
+                                    const json_t *config, const int *inputs, int n_inputs,
+                                    int *node)
+{
+    graft__layer *layer = NULL;
+    graft_status rc = new_layer(m, name, class_name, config, &layer);
+    return rc ? rc : new_node(m, layer, inputs, n_inputs, node);
+}
+
 /* Marks each node's last reader so the executor can recycle its memory. */
-static void compute_last_use(graft_model *m)
+void graft__graph_compute_last_use(graft_model *m)
 {
     for (int i = 0; i < m->n_nodes; i++)
         m->nodes[i].last_use = -1;
@@ -482,7 +493,7 @@ graft_status graft__graph_build(graft_model *m, const json_t *model_config)
         return graft__fail(GRAFT_E_UNSUPPORTED, "models with %d outputs are not supported",
                            n_outputs);
     m->output_node = outputs[0];
-    compute_last_use(m);
+    graft__graph_compute_last_use(m);
     return GRAFT_OK;
 }
 
@@ -523,6 +534,7 @@ void graft__graph_free(graft_model *m)
     graft__free(m->nodes);
     for (int i = 0; i < m->n_layers; i++) {
         graft__free(m->layers[i]->config);
+        json_decref(m->layers[i]->keras_config);
         graft__free(m->layers[i]->name);
         graft__free(m->layers[i]);
     }

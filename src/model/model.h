@@ -47,6 +47,12 @@ graft_status graft__graph_build(graft_model *model, const json_t *model_config);
 graft_status graft__graph_alloc_params(graft_model *model);
 void graft__graph_free(graft_model *model);
 graft__layer *graft__graph_find_layer(graft_model *model, const char *name);
+/* Creates a layer of a Keras class from its config and applies it once to the
+ * given nodes (shape inference and weight declaration included). */
+graft_status graft__graph_add_layer(graft_model *model, const char *name, const char *class_name,
+                                    const json_t *config, const int *inputs, int n_inputs,
+                                    int *node);
+void graft__graph_compute_last_use(graft_model *model);
 
 /* Plans and allocates activation slots and scratch for max_batch; nodes marked in
  * pinned (may be NULL) keep their slot to the end of the pass. */

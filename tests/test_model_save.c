@@ -1,0 +1,133 @@
+/* Cutting the pretrained base, adding a new head and saving: the saved folder
+ * loads back into graft with identical outputs, and TF.js loads it unchanged and
+ * computes the same outputs. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graft.h"
+
+enum { BATCH = 2, SIZE = 224 * 224 * 3, CLASSES = 10 };
+
+static char dir[64];
+
+static graft_model *load(const char *path)
+{
+    graft_model *m = NULL;
+    if (graft_model_load(path, &m) != GRAFT_OK)
+        fail_msg("%s", graft_last_error());
+    return m;
+}
+
+static float *input_batch(void)
+{
+    float *x = malloc(sizeof(float) * BATCH * SIZE);
+    uint32_t s = 12345;
+    for (int i = 0; i < BATCH * SIZE; i++) {
+        s = s * 1664525u + 1013904223u;
+        x[i] = (float)(s >> 8) / 8388608.0f - 1.0f;
+    }
+    return x;
+}
+
+static void cut_add_head_save_reload_matches_graft_and_tfjs(void **state)
+{
+    char base[512];
+    snprintf(base, sizeof base, "%s/models/mobilenet_v2", GRAFT_SOURCE_DIR);
+    graft_model *m = load(base);
+    assert_int_equal(graft_model_cut(m, "block_13_expand_relu"), GRAFT_OK);
+    assert_int_equal(graft_model_find_layer(m, "out_relu"), -1);
+    assert_int_equal(graft_model_find_layer(m, "block_13_depthwise"), -1);
+    assert_true(graft_model_find_layer(m, "block_13_expand_relu") >= 0);
+    assert_int_equal(graft_model_add_classifier(m, CLASSES, 0.2, 7), GRAFT_OK);
+    assert_int_equal(graft_model_output_size(m), CLASSES);
+    const char *labels[CLASSES] = {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"};
+    assert_int_equal(graft_model_set_labels(m, labels, CLASSES), GRAFT_OK);
+    assert_int_equal(graft_model_save(m, dir), GRAFT_OK);
+
+    float *x = input_batch();
+    float before[BATCH * CLASSES], after[BATCH * CLASSES];
+    assert_int_equal(graft_model_forward(m, x, BATCH, before), GRAFT_OK);
+    graft_model *reloaded = load(dir);
+    assert_int_equal(graft_model_forward(reloaded, x, BATCH, after), GRAFT_OK);
+    assert_memory_equal(before, after, sizeof before);
+    assert_string_equal(graft_model_label(reloaded, 9), "j");
+    assert_int_equal(graft_model_layer_count(reloaded), graft_model_layer_count(m));
+
+    char path[512], cmd[2048];
+    snprintf(path, sizeof path, "%s/input.bin", dir);
+    FILE *f = fopen(path, "wb");
+    assert_int_equal(fwrite(x, sizeof(float), BATCH * SIZE, f), BATCH * SIZE);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "node '%s/tests/node/tfjs_reference.js' --model '%s' --input '%s' --input-shape "
+             "%d,224,224,3 --out '%s/tfjs' > '%s/tfjs.log' 2>&1",
+             GRAFT_SOURCE_DIR, dir, path, BATCH, dir, dir);
+    if (system(cmd) != 0)
+        fail_msg("TF.js could not load or run the saved model; see %s/tfjs.log", dir);
+    snprintf(path, sizeof path, "%s/tfjs/output.bin", dir);
+    f = fopen(path, "rb");
+    float ref[BATCH * CLASSES];
+    assert_int_equal(fread(ref, sizeof(float), BATCH * CLASSES, f), BATCH * CLASSES);
+    fclose(f);
+    double max_diff = 0.0;
+    for (int i = 0; i < BATCH * CLASSES; i++)
+        max_diff = fmax(max_diff, fabs(ref[i] - after[i]));
+    printf("    saved model: graft vs TF.js max|diff| %.3g\n", max_diff);
+    assert_true(max_diff <= 1e-4);
+    free(x);
+    graft_model_free(m);
+    graft_model_free(reloaded);
+}
+
+static void cut_at_unknown_layer_names_it(void **state)
+{
+    char base[512];
+    snprintf(base, sizeof base, "%s/models/mobilenet_v2", GRAFT_SOURCE_DIR);
+    graft_model *m = load(base);
+    assert_int_equal(graft_model_cut(m, "block_99_nothing"), GRAFT_E_NOT_FOUND);
+    assert_non_null(strstr(graft_last_error(), "block_99_nothing"));
+    graft_model_free(m);
+}
+
+static void save_into_a_file_path_fails_cleanly(void **state)
+{
+    char base[512], file[128];
+    snprintf(base, sizeof base, "%s/models/mobilenet_v2", GRAFT_SOURCE_DIR);
+    snprintf(file, sizeof file, "%s/plain-file", dir);
+    FILE *f = fopen(file, "w");
+    fclose(f);
+    graft_model *m = load(base);
+    assert_int_equal(graft_model_save(m, file), GRAFT_E_IO);
+    assert_non_null(strstr(graft_last_error(), "plain-file"));
+    graft_model_free(m);
+}
+
+static int setup(void **state)
+{
+    snprintf(dir, sizeof dir, "/tmp/graft-save-XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(cut_add_head_save_reload_matches_graft_and_tfjs),
+        cmocka_unit_test(cut_at_unknown_layer_names_it),
+        cmocka_unit_test(save_into_a_file_path_fails_cleanly),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
