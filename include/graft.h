@@ -191,7 +191,8 @@ typedef struct graft_epoch_metrics {
 typedef int (*graft_epoch_callback)(const graft_epoch_metrics *metrics, void *user);
 
 /* Supplies training examples by index; graft shuffles the indices. Called from
- * the training thread; epoch lets a source augment differently each epoch. */
+ * the training thread; epoch (from 1) lets a source augment differently each
+ * epoch; epoch 0 asks for un-augmented examples (validation, single-view caches). */
 typedef struct graft_batch_source {
     int64_t count;
     graft_status (*fill)(void *user, const int64_t *indices, int64_t n, int epoch,
@@ -230,6 +231,13 @@ typedef struct graft_train_config {
     /* reduce learning rate on plateau: patience 0 = off */
     int plateau_patience;
     double plateau_factor;      /* default 0.1 */
+    /* Frozen-feature cache: when the layers up to some point are frozen (and
+     * deterministic), their output is computed once per example and view, and only
+     * the layers above run per epoch. views = 0: off; 1: one un-augmented view;
+     * K > 1: K augmented views, epoch e trains on view (e - 1) mod K. */
+    int cache_views;
+    int cache_float16;          /* store cached features as float16 (half the memory) */
+    size_t cache_bytes;         /* RAM budget; beyond it, a memory-mapped temporary file */
     const char *checkpoint;     /* written atomically at every epoch end; NULL = none */
     int resume;                 /* continue from checkpoint when it exists */
     volatile const int *stop;   /* when it becomes nonzero: finish the step, checkpoint, stop */

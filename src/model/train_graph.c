@@ -76,6 +76,7 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     tg->model = model;
     tg->max_batch = max_batch;
     tg->bn_inference = bn_inference;
+    tg->start_node = model->input_node;
     size_t n = (size_t)model->n_nodes;
     tg->needs_backward = graft__calloc(n, 1);
     tg->pinned = graft__calloc(n, 1);
@@ -126,7 +127,41 @@ void graft__train_graph_free(graft__train_graph *tg)
 
 static float *activation(graft__train_graph *tg, int i, const float *input)
 {
-    return i == tg->model->input_node ? (float *)input : tg->plan.slot_data[tg->plan.node_slot[i]];
+    return i == tg->start_node ? (float *)input : tg->plan.slot_data[tg->plan.node_slot[i]];
+}
+
+void graft__train_graph_start_at(graft__train_graph *tg, int node) { tg->start_node = node; }
+
+/* A node is deterministic in training unless it draws randomness or batch moments. */
+static int stable_in_training(const graft__layer *layer, int bn_inference)
+{
+    const char *cls = layer->ops->class_name;
+    if (strcmp(cls, "Dropout") == 0)
+        return 0;
+    if (strcmp(cls, "BatchNormalization") == 0 && layer->trainable && !bn_inference)
+        return 0;
+    for (int w = 0; w < layer->n_weights; w++)
+        if (graft__weight_learns(layer, w))
+            return 0;
+    return 1;
+}
+
+int graft__cache_boundary(const graft_model *m, int bn_inference)
+{
+    int best = m->input_node;
+    for (int i = 0; i < m->n_nodes; i++) {
+        const graft__node *node = &m->nodes[i];
+        if (i != m->input_node && !stable_in_training(node->layer, bn_inference))
+            break;
+        /* i is a boundary when no later node reads a node before i. */
+        int crossed = 0;
+        for (int j = i + 1; j < m->n_nodes && !crossed; j++)
+            for (int k = 0; k < m->nodes[j].n_inputs; k++)
+                crossed |= m->nodes[j].inputs[k] < i;
+        if (!crossed)
+            best = i;
+    }
+    return best;
 }
 
 void graft__train_forward(graft__train_graph *tg, const float *input, int64_t batch, int training,
@@ -134,9 +169,7 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
 {
     graft_model *m = tg->model;
     tg->input = input;
-    for (int i = 0; i < m->n_nodes; i++) {
-        if (i == m->input_node)
-            continue;
+    for (int i = tg->start_node + 1; i < m->n_nodes; i++) {
         const graft__node *node = &m->nodes[i];
         const float *inputs[64];
         graft__shape in_shapes[64];

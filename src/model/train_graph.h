@@ -19,7 +19,16 @@ typedef struct graft__train_graph {
     int64_t n_grads;
     int first_backward;    /* lowest node that runs backward (n_nodes when none) */
     const float *input;    /* the batch of the last forward */
+    int start_node;        /* forward starts after it, its output being `input` */
 } graft__train_graph;
+
+/* The latest node whose output a feature cache can hold: every node up to it is
+ * frozen and deterministic in training (no dropout, no batch statistics) and no
+ * later node reads anything before it. The input node when there is none. */
+int graft__cache_boundary(const graft_model *model, int bn_inference);
+
+/* Makes forward start from node's output (cached features) instead of the input. */
+void graft__train_graph_start_at(graft__train_graph *tg, int node);
 
 /* Plans for the model's current trainable flags; call again after changing them. */
 graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model, int64_t max_batch,

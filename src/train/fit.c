@@ -31,6 +31,43 @@ void graft_train_config_defaults(graft_train_config *c)
     c->layer_decay = 0.75;
     c->restore_best = 1;
     c->plateau_factor = 0.1;
+    c->cache_bytes = (size_t)2 << 30;
+}
+
+static graft_status cached_fill(void *user, const int64_t *idx, int64_t n, int epoch, float *x,
+                                int32_t *labels)
+{
+    const graft__feature_cache *c = user;
+    int view = c->views == 1 || epoch < 1 ? 0 : (epoch - 1) % c->views;
+    graft__feature_cache_get(c, view, idx, n, x, labels);
+    return GRAFT_OK;
+}
+
+/* Builds the caches and points training at them; the graph then starts at the
+ * boundary. Returns the sources training uses in *train and *val. */
+static graft_status use_feature_cache(graft__fit *f, const graft_batch_source **train,
+                                      const graft_batch_source **val)
+{
+    const graft_train_config *c = &f->cfg;
+    f->boundary = graft__cache_boundary(f->model, c->bn_inference);
+    if (f->boundary == f->model->input_node)
+        return GRAFT_OK;
+    graft_status rc = graft__feature_cache_build(&f->train_cache, f->model, f->boundary, *train,
+                                                 c->cache_views, c->batch_size, c->cache_float16,
+                                                 c->cache_bytes);
+    if (!rc && *val && (*val)->count > 0)
+        rc = graft__feature_cache_build(&f->val_cache, f->model, f->boundary, *val, 1,
+                                        c->batch_size, c->cache_float16, c->cache_bytes);
+    if (rc)
+        return rc;
+    f->cached_train = (graft_batch_source){f->train_cache.count, cached_fill, &f->train_cache};
+    *train = &f->cached_train;
+    if (*val && (*val)->count > 0) {
+        f->cached_val = (graft_batch_source){f->val_cache.count, cached_fill, &f->val_cache};
+        *val = &f->cached_val;
+    }
+    f->sample = f->train_cache.dim;
+    return GRAFT_OK;
 }
 
 static double now_seconds(void)
@@ -183,6 +220,8 @@ static void fit_free(graft__fit *f)
     graft__free_aligned(f->best);
     graft__free(f->history);
     graft__free(f->order);
+    graft__feature_cache_free(&f->train_cache);
+    graft__feature_cache_free(&f->val_cache);
 }
 
 /* The same permutation for the same (seed, epoch), whatever happened before. */
@@ -390,8 +429,8 @@ static graft_status run_epoch(graft__fit *f, const graft_batch_source *train,
     return GRAFT_OK;
 }
 
-static graft_status fit_init(graft__fit *f, graft_model *model, const graft_batch_source *train,
-                             const graft_train_config *config)
+static graft_status fit_init(graft__fit *f, graft_model *model, const graft_batch_source **train,
+                             const graft_batch_source **val, const graft_train_config *config)
 {
     memset(f, 0, sizeof *f);
     f->model = model;
@@ -399,7 +438,7 @@ static graft_status fit_init(graft__fit *f, graft_model *model, const graft_batc
     f->state.lr_scale = 1.0;
     int64_t h, w, ch;
     graft_status rc = check_config(config);
-    if (!rc && (!train || !train->fill || train->count < 1))
+    if (!rc && (!*train || !(*train)->fill || (*train)->count < 1))
         rc = graft__fail(GRAFT_E_INVALID_ARG, "training needs at least one example");
     if (!rc)
         rc = graft_model_input_size(model, &h, &w, &ch);
@@ -407,14 +446,20 @@ static graft_status fit_init(graft__fit *f, graft_model *model, const graft_batc
         return rc;
     f->sample = h * w * ch;
     f->classes = graft_model_output_size(model);
-    f->steps_per_epoch = (train->count + config->batch_size - 1) / config->batch_size;
-    f->order = graft__calloc((size_t)train->count, sizeof(int64_t));
+    f->boundary = model->input_node;
+    if ((rc = output_kind(f)))
+        return rc;
+    if (config->cache_views > 0 && (rc = use_feature_cache(f, train, val)))
+        return rc;
+    f->steps_per_epoch = ((*train)->count + config->batch_size - 1) / config->batch_size;
+    f->order = graft__calloc((size_t)(*train)->count, sizeof(int64_t));
     if (!f->order)
         return graft__fail(GRAFT_E_NOMEM, "out of memory");
-    if ((rc = output_kind(f)) || (rc = alloc_buffers(f)) || (rc = build_schedule(f)) ||
-        (rc = build_layer_multipliers(f)))
+    if ((rc = alloc_buffers(f)) || (rc = build_schedule(f)) || (rc = build_layer_multipliers(f)) ||
+        (rc = graft__train_graph_init(&f->tg, model, config->batch_size, config->bn_inference)))
         return rc;
-    return graft__train_graph_init(&f->tg, model, config->batch_size, config->bn_inference);
+    graft__train_graph_start_at(&f->tg, f->boundary);
+    return GRAFT_OK;
 }
 
 static void fill_result(const graft__fit *f, graft_train_result *r)
@@ -435,7 +480,7 @@ graft_status graft_train(graft_model *model, const graft_batch_source *train,
     if (!model || !config)
         return graft__fail(GRAFT_E_INVALID_ARG, "graft_train: model and config are required");
     graft__fit f;
-    graft_status rc = fit_init(&f, model, train, config);
+    graft_status rc = fit_init(&f, model, &train, &val, config);
     if (!rc && config->resume) {
         rc = graft__checkpoint_read(&f, config->checkpoint);
         if (rc == GRAFT_E_NOT_FOUND)

@@ -6,6 +6,7 @@
 
 #include "graft.h"
 #include "model/train_graph.h"
+#include "train/feature_cache.h"
 #include "train/schedule.h"
 
 /* Everything a checkpoint must hold to continue exactly where a run stopped. */
@@ -37,6 +38,10 @@ typedef struct graft__fit {
     graft__fit_state state;
     int n_history;
     graft_epoch_metrics *history;
+    /* with a feature cache, training reads these instead of the caller's sources */
+    graft__feature_cache train_cache, val_cache;
+    graft_batch_source cached_train, cached_val;
+    int boundary;
 } graft__fit;
 
 graft_status graft__checkpoint_write(const graft__fit *fit, const char *path);
