@@ -136,6 +136,10 @@ graft_status graft_model_cut(graft_model *model, const char *layer_name);
  * `classes`, Glorot-initialised from seed. New layers are trainable. */
 graft_status graft_model_add_classifier(graft_model *model, int64_t classes, double dropout,
                                         uint64_t seed);
+/* Runs the model at another input size (a convolutional base after a cut takes
+ * any size); fails, leaving the model as it was, when a layer's weights or shape
+ * rules do not allow it (e.g. a Dense after Flatten). */
+graft_status graft_model_set_input_size(graft_model *model, int64_t height, int64_t width);
 /* Replaces the class labels (copied). */
 graft_status graft_model_set_labels(graft_model *model, const char *const *labels, int64_t n);
 

@@ -13,7 +13,7 @@
 
 #include "graft.h"
 
-enum { BATCH = 2, SIZE = 224 * 224 * 3, CLASSES = 10 };
+enum { BATCH = 2, MAX_SIZE = 224 * 224 * 3, CLASSES = 10 };
 
 static char dir[64];
 
@@ -27,21 +27,27 @@ static graft_model *load(const char *path)
 
 static float *input_batch(void)
 {
-    float *x = malloc(sizeof(float) * BATCH * SIZE);
+    float *x = malloc(sizeof(float) * BATCH * MAX_SIZE);
     uint32_t s = 12345;
-    for (int i = 0; i < BATCH * SIZE; i++) {
+    for (int i = 0; i < BATCH * MAX_SIZE; i++) {
         s = s * 1664525u + 1013904223u;
         x[i] = (float)(s >> 8) / 8388608.0f - 1.0f;
     }
     return x;
 }
 
-static void cut_add_head_save_reload_matches_graft_and_tfjs(void **state)
+static void check_cut_save(int side)
 {
     char base[512];
     snprintf(base, sizeof base, "%s/models/mobilenet_v2", GRAFT_SOURCE_DIR);
     graft_model *m = load(base);
     assert_int_equal(graft_model_cut(m, "block_13_expand_relu"), GRAFT_OK);
+    if (side != 224) {
+        assert_int_equal(graft_model_set_input_size(m, side, side), GRAFT_OK);
+        graft_layer_info info;
+        graft_model_layer_info(m, graft_model_find_layer(m, "block_13_expand_relu"), &info);
+        assert_int_equal(info.shape[0], (side + 15) / 16);
+    }
     assert_int_equal(graft_model_find_layer(m, "out_relu"), -1);
     assert_int_equal(graft_model_find_layer(m, "block_13_depthwise"), -1);
     assert_true(graft_model_find_layer(m, "block_13_expand_relu") >= 0);
@@ -63,12 +69,13 @@ static void cut_add_head_save_reload_matches_graft_and_tfjs(void **state)
     char path[512], cmd[2048];
     snprintf(path, sizeof path, "%s/input.bin", dir);
     FILE *f = fopen(path, "wb");
-    assert_int_equal(fwrite(x, sizeof(float), BATCH * SIZE, f), BATCH * SIZE);
+    size_t count = (size_t)BATCH * side * side * 3;
+    assert_int_equal(fwrite(x, sizeof(float), count, f), count);
     fclose(f);
     snprintf(cmd, sizeof cmd,
              "node '%s/tests/node/tfjs_reference.js' --model '%s' --input '%s' --input-shape "
-             "%d,224,224,3 --out '%s/tfjs' > '%s/tfjs.log' 2>&1",
-             GRAFT_SOURCE_DIR, dir, path, BATCH, dir, dir);
+             "%d,%d,%d,3 --out '%s/tfjs' > '%s/tfjs.log' 2>&1",
+             GRAFT_SOURCE_DIR, dir, path, BATCH, side, side, dir, dir);
     if (system(cmd) != 0)
         fail_msg("TF.js could not load or run the saved model; see %s/tfjs.log", dir);
     snprintf(path, sizeof path, "%s/tfjs/output.bin", dir);
@@ -79,11 +86,35 @@ static void cut_add_head_save_reload_matches_graft_and_tfjs(void **state)
     double max_diff = 0.0;
     for (int i = 0; i < BATCH * CLASSES; i++)
         max_diff = fmax(max_diff, fabs(ref[i] - after[i]));
-    printf("    saved model: graft vs TF.js max|diff| %.3g\n", max_diff);
+    printf("    saved model at %dx%d: graft vs TF.js max|diff| %.3g\n", side, side, max_diff);
     assert_true(max_diff <= 1e-4);
     free(x);
     graft_model_free(m);
     graft_model_free(reloaded);
+}
+
+static void cut_add_head_save_reload_matches_graft_and_tfjs(void **state)
+{
+    check_cut_save(224);
+}
+
+static void base_at_96x96_saves_and_matches_tfjs(void **state)
+{
+    check_cut_save(96);
+}
+
+static void dense_after_flatten_refuses_a_new_size(void **state)
+{
+    char base[512];
+    snprintf(base, sizeof base, "%s/models/mobilenet_v2", GRAFT_SOURCE_DIR);
+    graft_model *m = load(base);
+    assert_int_equal(graft_model_set_input_size(m, 96, 96), GRAFT_E_SHAPE);
+    assert_non_null(strstr(graft_last_error(), "96x96"));
+    int64_t h, w, c;
+    graft_model_input_size(m, &h, &w, &c);
+    assert_int_equal(h, 224);
+    assert_int_equal(graft_model_output_size(m), 5);
+    graft_model_free(m);
 }
 
 static void cut_at_unknown_layer_names_it(void **state)
@@ -126,6 +157,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(cut_add_head_save_reload_matches_graft_and_tfjs),
+        cmocka_unit_test(base_at_96x96_saves_and_matches_tfjs),
+        cmocka_unit_test(dense_after_flatten_refuses_a_new_size),
         cmocka_unit_test(cut_at_unknown_layer_names_it),
         cmocka_unit_test(save_into_a_file_path_fails_cleanly),
     };

@@ -53,8 +53,19 @@ const graft__layer_ops graft__input_layer_ops = {
     .forward = input_forward,
 };
 
-/* The shape an InputLayer declares (the graph reads it to size the model input). */
-const graft__shape *graft__input_layer_shape(const graft__layer *layer)
+/* Changes the shape an InputLayer declares (fully convolutional bases run at
+ * any image size); the config saved with the model follows. */
+graft_status graft__input_layer_set_shape(graft__layer *layer, const graft__shape *shape)
 {
-    return &((const input_config *)layer->config)->shape;
+    input_config *c = layer->config;
+    c->shape = *shape;
+    json_t *dims = json_array();
+    json_array_append_new(dims, json_null());
+    for (int i = 0; i < shape->rank; i++)
+        json_array_append_new(dims, json_integer(shape->dim[i]));
+    if (layer->keras_config && json_object_set_new(layer->keras_config, "batch_input_shape", dims))
+        return graft__fail(GRAFT_E_NOMEM, "out of memory");
+    if (!layer->keras_config)
+        json_decref(dims);
+    return GRAFT_OK;
 }

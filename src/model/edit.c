@@ -169,6 +169,48 @@ graft_status graft_model_add_classifier(graft_model *m, int64_t classes, double 
     return rc;
 }
 
+graft_status graft__input_layer_set_shape(graft__layer *layer, const graft__shape *shape);
+
+graft_status graft_model_set_input_size(graft_model *m, int64_t height, int64_t width)
+{
+    graft__node *input = &m->nodes[m->input_node];
+    if (input->shape.rank != 3)
+        return graft__fail(GRAFT_E_UNSUPPORTED, "%s: the input is not an image", m->path);
+    graft__shape shape = input->shape, old = input->shape;
+    int64_t dims[3] = {height, width, input->shape.dim[2]};
+    graft_status rc = graft__shape_make(&shape, 3, dims, "input size");
+    if (rc)
+        return rc;
+    /* Keras keeps the old config object alive in the layer; copy before editing. */
+    json_t *copy = json_deep_copy(input->layer->keras_config);
+    json_decref(input->layer->keras_config);
+    input->layer->keras_config = copy;
+    if ((rc = graft__input_layer_set_shape(input->layer, &shape)))
+        return rc;
+    for (int i = 0; i < m->n_nodes && !rc; i++) {
+        graft__node *node = &m->nodes[i];
+        graft__shape in[64];
+        for (int k = 0; k < node->n_inputs && k < 64; k++)
+            in[k] = m->nodes[node->inputs[k]].shape;
+        rc = node->layer->ops->infer(node->layer, node->n_inputs, in, &node->shape);
+    }
+    if (rc) {
+        graft__fail_prefix(rc, "%s: cannot run at %lldx%lld", m->path, (long long)height,
+                           (long long)width);
+        graft__input_layer_set_shape(input->layer, &old);
+        for (int i = 0; i < m->n_nodes; i++) {
+            graft__node *node = &m->nodes[i];
+            graft__shape in[64];
+            for (int k = 0; k < node->n_inputs && k < 64; k++)
+                in[k] = m->nodes[node->inputs[k]].shape;
+            node->layer->ops->infer(node->layer, node->n_inputs, in, &node->shape);
+        }
+        return rc;
+    }
+    graft__plan_free(&m->plan);
+    return GRAFT_OK;
+}
+
 graft_status graft_model_set_labels(graft_model *m, const char *const *labels, int64_t n)
 {
     char **copy = graft__calloc((size_t)(n > 0 ? n : 1), sizeof(char *));
