@@ -450,3 +450,260 @@ graft_status graft__augment_image(const graft_augment *aug, uint64_t seed, float
         return rc;
     return graft__augment_apply(&p, img, h, w);
 }
+
+/* ---- Beta draws ------------------------------------------------------------ */
+
+/* log of a Gamma(shape, 1) draw from one stream. Marsaglia-Tsang: with
+ * d = shape - 1/3, c = 1 / sqrt(9 d), accept d (1 + c z)^3 for normal z when
+ * log U < z^2 / 2 + d - d v + d log v; below shape 1 the draw for shape + 1 is
+ * scaled by U^(1/shape). Each attempt reads three counters, so the result is a
+ * function of (stream) alone. */
+static double log_gamma_draw(double shape, uint64_t stream)
+{
+    uint64_t k = 0;
+    double boost = 0;
+    if (shape < 1) {
+        boost = log(unit(stream, k++)) / shape;
+        shape += 1;
+    }
+    const double d = shape - 1.0 / 3, c = 1 / sqrt(9 * d);
+    for (;;) {
+        const double u1 = unit(stream, k++), u2 = unit(stream, k++);
+        const double z = sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
+        double v = 1 + c * z;
+        const double u = unit(stream, k++);
+        if (v <= 0)
+            continue;
+        v = v * v * v;
+        if (log(u) < 0.5 * z * z + d - d * v + d * log(v))
+            return log(d * v) + boost;
+    }
+}
+
+double graft__gamma_sample(double shape, uint64_t seed)
+{
+    return exp(log_gamma_draw(shape, graft__seed_derive(seed, 1)));
+}
+
+double graft__beta_sample(double a, double b, uint64_t seed)
+{
+    const double lx = log_gamma_draw(a, graft__seed_derive(seed, 1));
+    const double ly = log_gamma_draw(b, graft__seed_derive(seed, 2));
+    return 1 / (1 + exp(ly - lx));
+}
+
+/* ---- mixup and cutmix ------------------------------------------------------- */
+
+enum { MIX_LAMBDA = 1, MIX_PERMUTATION, MIX_BOX };
+
+static graft_status check_alpha(const char *what, double alpha)
+{
+    if (alpha >= 0 && !isinf(alpha))
+        return GRAFT_OK;
+    return graft__fail(GRAFT_E_INVALID_ARG, "%s: alpha must be >= 0 and finite, got %g", what,
+                       alpha);
+}
+
+/* Fisher-Yates from the counter generator: index i draws its swap. */
+static void permutation(uint64_t stream, int64_t n, int64_t *partner)
+{
+    for (int64_t i = 0; i < n; ++i)
+        partner[i] = i;
+    for (int64_t i = n - 1; i > 0; --i) {
+        const int64_t j = below(stream, (uint64_t)i, i + 1);
+        const int64_t t = partner[i];
+        partner[i] = partner[j];
+        partner[j] = t;
+    }
+}
+
+static graft_status mix_draw(const char *what, int64_t n, double alpha, uint64_t seed,
+                             int64_t *partner, double *lambda)
+{
+    graft_status rc = check_alpha(what, alpha);
+    if (rc != GRAFT_OK)
+        return rc;
+    if (n < 0 || (n > 0 && !partner))
+        return graft__fail(GRAFT_E_INVALID_ARG, "%s: bad batch of %lld", what, (long long)n);
+    *lambda = alpha > 0 ? graft__beta_sample(alpha, alpha, graft__seed_derive(seed, MIX_LAMBDA))
+                        : 1.0;
+    permutation(graft__seed_derive(seed, MIX_PERMUTATION), n, partner);
+    return GRAFT_OK;
+}
+
+graft_status graft__mixup_draw(int64_t n, double alpha, uint64_t seed, int64_t *partner,
+                               double *lambda)
+{
+    return mix_draw("mixup", n, alpha, seed, partner, lambda);
+}
+
+static int64_t clip(int64_t v, int64_t hi)
+{
+    return v < 0 ? 0 : v > hi ? hi : v;
+}
+
+graft_status graft__cutmix_draw(int64_t n, int64_t h, int64_t w, double alpha, uint64_t seed,
+                                int64_t *partner, graft__cutmix_box *box)
+{
+    double lambda;
+    graft_status rc = check_size("cutmix", h, w);
+    if (rc == GRAFT_OK)
+        rc = mix_draw("cutmix", n, alpha, seed, partner, &lambda);
+    if (rc != GRAFT_OK)
+        return rc;
+    /* The CutMix reference: sides sqrt(1 - lambda) of the image's, truncated;
+     * the centre uniform over the pixels; the box clipped to the image. */
+    const double ratio = sqrt(1 - lambda);
+    const int64_t cut_w = (int64_t)((double)w * ratio), cut_h = (int64_t)((double)h * ratio);
+    const uint64_t stream = graft__seed_derive(seed, MIX_BOX);
+    const int64_t cx = below(stream, 0, w), cy = below(stream, 1, h);
+    box->x0 = clip(cx - cut_w / 2, w);
+    box->x1 = clip(cx + cut_w / 2, w);
+    box->y0 = clip(cy - cut_h / 2, h);
+    box->y1 = clip(cy + cut_h / 2, h);
+    box->lambda =
+        1 - (double)((box->x1 - box->x0) * (box->y1 - box->y0)) / ((double)h * (double)w);
+    return GRAFT_OK;
+}
+
+static graft_status check_batch(const char *what, const float *x, const int32_t *labels,
+                                int64_t n, int64_t h, int64_t w, int64_t classes,
+                                const float *soft_targets)
+{
+    int64_t pixels, targets;
+    graft_status rc = check_size(what, h, w);
+    if (rc != GRAFT_OK)
+        return rc;
+    if (n < 0 || classes <= 0 || !graft__mul_i64(n, h * w * 3, &pixels) ||
+        !graft__mul_i64(n, classes, &targets) || (uint64_t)pixels > SIZE_MAX / sizeof(float) ||
+        (uint64_t)targets > SIZE_MAX / sizeof(float))
+        return graft__fail(GRAFT_E_INVALID_ARG, "%s: bad batch of %lld with %lld classes", what,
+                           (long long)n, (long long)classes);
+    if (n > 0 && (!x || !labels || !soft_targets))
+        return graft__fail(GRAFT_E_INVALID_ARG, "%s: %s is NULL", what,
+                           !x ? "x" : !labels ? "labels" : "soft_targets");
+    for (int64_t i = 0; i < n; ++i)
+        if (labels[i] < 0 || labels[i] >= classes)
+            return graft__fail(GRAFT_E_INVALID_ARG,
+                               "%s: label %ld of sample %lld is outside [0, %lld)", what,
+                               (long)labels[i], (long long)i, (long long)classes);
+    return GRAFT_OK;
+}
+
+static void soft_targets_fill(const int32_t *labels, const int64_t *partner, int64_t n,
+                              int64_t classes, double lambda, float *t)
+{
+    memset(t, 0, sizeof(float) * (size_t)(n * classes));
+    for (int64_t i = 0; i < n; ++i) {
+        t[i * classes + labels[i]] += (float)lambda;
+        t[i * classes + labels[partner[i]]] += (float)(1 - lambda);
+    }
+}
+
+/* Rows [y0, y1) and columns [x0, x1) of every image: the whole image for mixup,
+ * the box for cutmix; keep is the weight an image keeps of itself (0: paste). */
+typedef struct region {
+    int64_t x0, y0, x1, y1;
+    double keep;
+} region;
+
+/* dst's region r = keep dst + (1 - keep) src, src read from (src_x0, src_y0) of
+ * an image src_w wide. */
+static void blend(float *dst, const float *src, int64_t w, const region *r, int64_t src_w,
+                  int64_t src_x0, int64_t src_y0)
+{
+    const int64_t row = (r->x1 - r->x0) * 3;
+    for (int64_t y = r->y0; y < r->y1; ++y) {
+        float *d = dst + (y * w + r->x0) * 3;
+        const float *s = src + ((y - r->y0 + src_y0) * src_w + src_x0) * 3;
+        if (r->keep == 0)
+            memcpy(d, s, sizeof(float) * (size_t)row);
+        else
+            for (int64_t i = 0; i < row; ++i)
+                d[i] = (float)(r->keep * d[i] + (1 - r->keep) * s[i]);
+    }
+}
+
+/* Mixes every image i's region with partner[i]'s original region, following
+ * the permutation's cycles so only one region needs saving: along a cycle
+ * i -> partner[i] -> ..., each partner is still untouched when read, except the
+ * cycle's start, read from the saved copy at the end. */
+static graft_status mix_regions(float *x, int64_t n, int64_t h, int64_t w,
+                                const int64_t *partner, const region *r)
+{
+    const int64_t rw = r->x1 - r->x0, rh = r->y1 - r->y0, image = h * w * 3;
+    if (rw <= 0 || rh <= 0 || r->keep == 1)
+        return GRAFT_OK;
+    float *saved = graft__malloc(sizeof(float) * (size_t)(rw * rh * 3));
+    unsigned char *done = graft__calloc((size_t)n, 1);
+    if (!saved || !done) {
+        graft__free(saved);
+        graft__free(done);
+        return graft__fail(GRAFT_E_NOMEM, "mixing a batch: out of memory");
+    }
+    for (int64_t start = 0; start < n; ++start) {
+        if (done[start] || partner[start] == start)
+            continue;
+        /* saved = start's region */
+        for (int64_t y = 0; y < rh; ++y)
+            memcpy(saved + y * rw * 3, x + start * image + ((r->y0 + y) * w + r->x0) * 3,
+                   sizeof(float) * (size_t)(rw * 3));
+        int64_t i = start;
+        do {
+            const int64_t j = partner[i];
+            done[i] = 1;
+            if (j == start)
+                blend(x + i * image, saved, w, r, rw, 0, 0);
+            else
+                blend(x + i * image, x + j * image, w, r, w, r->x0, r->y0);
+            i = j;
+        } while (i != start);
+    }
+    graft__free(saved);
+    graft__free(done);
+    return GRAFT_OK;
+}
+
+graft_status graft__mixup_batch(float *x, const int32_t *labels, int64_t n, int64_t h, int64_t w,
+                                int64_t classes, double alpha, uint64_t seed,
+                                float *soft_targets)
+{
+    graft_status rc = check_batch("mixup", x, labels, n, h, w, classes, soft_targets);
+    if (rc != GRAFT_OK || n == 0)
+        return rc == GRAFT_OK ? check_alpha("mixup", alpha) : rc;
+    int64_t *partner = graft__malloc(sizeof(int64_t) * (size_t)n);
+    if (!partner)
+        return graft__fail(GRAFT_E_NOMEM, "mixup: out of memory");
+    double lambda;
+    rc = graft__mixup_draw(n, alpha, seed, partner, &lambda);
+    if (rc == GRAFT_OK) {
+        const region r = {0, 0, w, h, lambda};
+        rc = mix_regions(x, n, h, w, partner, &r);
+    }
+    if (rc == GRAFT_OK)
+        soft_targets_fill(labels, partner, n, classes, lambda, soft_targets);
+    graft__free(partner);
+    return rc;
+}
+
+graft_status graft__cutmix_batch(float *x, const int32_t *labels, int64_t n, int64_t h,
+                                 int64_t w, int64_t classes, double alpha, uint64_t seed,
+                                 float *soft_targets)
+{
+    graft_status rc = check_batch("cutmix", x, labels, n, h, w, classes, soft_targets);
+    if (rc != GRAFT_OK || n == 0)
+        return rc == GRAFT_OK ? check_alpha("cutmix", alpha) : rc;
+    int64_t *partner = graft__malloc(sizeof(int64_t) * (size_t)n);
+    if (!partner)
+        return graft__fail(GRAFT_E_NOMEM, "cutmix: out of memory");
+    graft__cutmix_box box;
+    rc = graft__cutmix_draw(n, h, w, alpha, seed, partner, &box);
+    if (rc == GRAFT_OK) {
+        const region r = {box.x0, box.y0, box.x1, box.y1, 0};
+        rc = mix_regions(x, n, h, w, partner, &r);
+    }
+    if (rc == GRAFT_OK)
+        soft_targets_fill(labels, partner, n, classes, box.lambda, soft_targets);
+    graft__free(partner);
+    return rc;
+}

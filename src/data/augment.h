@@ -1,4 +1,5 @@
-/* Random augmentation of one image (graft_augment's per-image fields). Internal.
+/* Random augmentation of one image (graft_augment's per-image fields), and
+ * batch-level mixup and cutmix. Internal.
  *
  * Every random value comes from core/random.h's counter-based generator, each
  * operation from its own stream derived from the image's seed: an image's draw
@@ -92,5 +93,44 @@ void graft__augment_apply_affine(const float *src, int64_t h, int64_t w, const d
  * img unchanged. */
 graft_status graft__augment_apply(const graft__augment_params *p, float *img, int64_t h,
                                   int64_t w);
+
+/* ---- batch level: mixup and cutmix ------------------------------------------ */
+
+/* Over a batch x (n, h, w, 3) of images already preprocessed, with integer labels
+ * (n) in [0, classes): one lambda ~ Beta(alpha, alpha) for the batch and a seeded
+ * permutation pairing sample i with partner[i] (as the papers' reference code).
+ * soft_targets (n, classes) receives lambda * onehot(labels[i]) + (1 - lambda) *
+ * onehot(labels[partner[i]]). alpha = 0 is off: x unchanged, one-hot targets.
+ * Only one extra image is allocated (the permutation's cycles are followed).
+ *
+ * mixup (Zhang et al. 2018): x[i] = lambda x[i] + (1 - lambda) x[partner[i]].
+ * cutmix (Yun et al. 2019): a box of area fraction about 1 - lambda, centred
+ * uniformly and clipped to the image, is pasted from x[partner[i]] (the same box
+ * for the whole batch); lambda then becomes the exact fraction of pixels kept. */
+graft_status graft__mixup_batch(float *x /* (n, h, w, 3) */, const int32_t *labels /* (n) */,
+                                int64_t n, int64_t h, int64_t w, int64_t classes, double alpha,
+                                uint64_t seed, float *soft_targets /* (n, classes) */);
+graft_status graft__cutmix_batch(float *x /* (n, h, w, 3) */, const int32_t *labels /* (n) */,
+                                 int64_t n, int64_t h, int64_t w, int64_t classes, double alpha,
+                                 uint64_t seed, float *soft_targets /* (n, classes) */);
+
+/* What the two functions above draw for a seed, exposed for tests. partner has n
+ * entries. The cutmix box is [x0, x1) x [y0, y1), possibly empty. */
+typedef struct graft__cutmix_box {
+    int64_t x0, y0, x1, y1;
+    double lambda; /* the fraction of each image kept */
+} graft__cutmix_box;
+
+graft_status graft__mixup_draw(int64_t n, double alpha, uint64_t seed, int64_t *partner,
+                               double *lambda);
+graft_status graft__cutmix_draw(int64_t n, int64_t h, int64_t w, double alpha, uint64_t seed,
+                                int64_t *partner, graft__cutmix_box *box);
+
+/* Gamma(shape, 1), shape > 0, by Marsaglia and Tsang (2000), shapes below 1
+ * boosted as Gamma(shape + 1) U^(1/shape); normals by Box-Muller. Beta(a, b) as
+ * X / (X + Y) from two independent Gamma draws, computed from their logarithms
+ * so tiny shapes cannot give 0/0. Deterministic in seed. */
+double graft__gamma_sample(double shape, uint64_t seed);
+double graft__beta_sample(double a, double b, uint64_t seed);
 
 #endif
