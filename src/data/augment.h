@@ -15,8 +15,14 @@
  *   5. translation, positive right / down (RandomTranslation);
  * all composed into ONE inverse affine map, so the image is resampled once,
  * bilinearly, with Keras's 'reflect' fill: d c b a | a b c d | d c b a, i.e.
- * reflection about the outer edge of the last pixel, which repeats that pixel;
- *   6. brightness, contrast, saturation, hue, each followed by a clamp to [0, 255];
+ * reflection about the outer edge of the last pixel, which repeats that pixel.
+ * (The crop never exceeds the image, so bilinear needs no antialiasing there;
+ * a zoom out by up to 2 is sampled as Keras does, without it either.)
+ *   6. brightness (add), contrast (about each channel's mean over the image),
+ *      saturation (mix with the pixel's 0.299/0.587/0.114 grey), hue (rotated in
+ *      HSV, as torchvision's adjust_hue and tf.image.adjust_hue: value and HSV
+ *      saturation kept, so red turned half a turn is cyan), each followed by a
+ *      clamp to [0, 255]; without colour operations nothing is clamped;
  *   7. random erasing (Zhong et al. 2017, as torchvision's RandomErasing) with
  *      per-pixel noise uniform in [0, 255].
  *
@@ -101,7 +107,9 @@ graft_status graft__augment_apply(const graft__augment_params *p, float *img, in
  * permutation pairing sample i with partner[i] (as the papers' reference code).
  * soft_targets (n, classes) receives lambda * onehot(labels[i]) + (1 - lambda) *
  * onehot(labels[partner[i]]). alpha = 0 is off: x unchanged, one-hot targets.
- * Only one extra image is allocated (the permutation's cycles are followed).
+ * Mixing is in place: besides n indices only one image (cutmix: one box) of
+ * scratch is allocated, as the permutation's cycles are followed. Which of the
+ * two a batch gets when both are on is the caller's choice.
  *
  * mixup (Zhang et al. 2018): x[i] = lambda x[i] + (1 - lambda) x[partner[i]].
  * cutmix (Yun et al. 2019): a box of area fraction about 1 - lambda, centred
