@@ -136,4 +136,44 @@ void graft_f32_global_maxpool__direct(int64_t hw, int64_t c, int64_t n_start, in
                                       const float *in, /* (N, hw, c) */
                                       float *out);     /* (N, c) */
 
+/* ---- backward (training) -------------------------------------------------------
+ * Every gradient ACCUMULATES into its output (+=): the caller zeroes it first, and
+ * a tensor feeding several layers, or a weight shared between calls, sums its
+ * gradients without a temporary. `dout` is the gradient of the layer's output,
+ * shaped like `out` above. Max pooling routes each window's gradient to its first
+ * maximum in row-major window order, as TF's MaxPoolGrad does. */
+
+/* dX += col2im(dY @ W^T). Same scratch as the forward (graft_f32_conv2d_scratch_bytes):
+ * pointwise convs need none. Threaded by OpenBLAS; col2im is serial. */
+void graft_f32_conv2d_backward_input__ref(const graft_conv_geom *g,
+                                          const float *dout,   /* (N, out_h, out_w, out_c) */
+                                          const float *kernel, /* (kernel_h, kernel_w, in_c, out_c) */
+                                          float *din);         /* (N, in_h, in_w, in_c), += */
+void graft_f32_conv2d_backward_input__gemm(const graft_conv_geom *g,
+                                           const float *dout,   /* (N, out_h, out_w, out_c) */
+                                           const float *kernel, /* (kernel_h, kernel_w, in_c, out_c) */
+                                           float *din,          /* (N, in_h, in_w, in_c), += */
+                                           float *scratch);     /* graft_f32_conv2d_scratch_bytes(g) bytes */
+
+/* dW += im2col(X)^T @ dY. Same scratch as the forward. */
+void graft_f32_conv2d_backward_weight__ref(const graft_conv_geom *g,
+                                           const float *in,  /* (N, in_h, in_w, in_c) */
+                                           const float *dout, /* (N, out_h, out_w, out_c) */
+                                           float *dkernel);  /* (kernel_h, kernel_w, in_c, out_c), += */
+void graft_f32_conv2d_backward_weight__gemm(const graft_conv_geom *g,
+                                            const float *in,   /* (N, in_h, in_w, in_c) */
+                                            const float *dout, /* (N, out_h, out_w, out_c) */
+                                            float *dkernel,    /* (kernel_h, kernel_w, in_c, out_c), += */
+                                            float *scratch);   /* graft_f32_conv2d_scratch_bytes(g) bytes */
+
+/* Bias gradient of any layer whose output is `rows` rows of c channels (conv:
+ * rows = N*out_h*out_w): dbias[k] += sum over rows of dout[., k], for channels
+ * [c_start, c_end) so threads can split the channels. Sums in double. */
+void graft_f32_bias_backward__ref(int64_t rows, int64_t c, int64_t c_start, int64_t c_end,
+                                  const float *dout, /* (rows, c) */
+                                  float *dbias);     /* (c), += */
+void graft_f32_bias_backward__direct(int64_t rows, int64_t c, int64_t c_start, int64_t c_end,
+                                     const float *dout, /* (rows, c) */
+                                     float *dbias);     /* (c), += */
+
 #endif
