@@ -176,4 +176,41 @@ void graft_f32_bias_backward__direct(int64_t rows, int64_t c, int64_t c_start, i
                                      const float *dout, /* (rows, c) */
                                      float *dbias);     /* (c), += */
 
+/* Depthwise dX for input rows [row_start, row_end) of batch*in_h: each input
+ * row gathers from the output rows its windows reach, so threads splitting the
+ * input rows write disjoint memory. */
+void graft_f32_dwconv2d_backward_input__ref(const graft_conv_geom *g, int64_t row_start,
+                                            int64_t row_end,
+                                            const float *dout,   /* (N, out_h, out_w, in_c*M) */
+                                            const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                                            float *din);         /* (N, in_h, in_w, in_c), += */
+void graft_f32_dwconv2d_backward_input__direct(const graft_conv_geom *g, int64_t row_start,
+                                               int64_t row_end,
+                                               const float *dout,   /* (N, out_h, out_w, in_c*M) */
+                                               const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                                               float *din);         /* (N, in_h, in_w, in_c), += */
+void graft_f32_dwconv2d_backward_input_parallel(const graft_conv_geom *g,
+                                                const float *dout,   /* (N, out_h, out_w, in_c*M) */
+                                                const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                                                float *din);         /* (N, in_h, in_w, in_c), += */
+
+/* Depthwise dW for input channels [c_start, c_end) (their M outputs each), over
+ * the whole batch: channels are independent, so threads split them and need no
+ * reduction. The direct variant sums each output row in a stack buffer before
+ * adding it to dkernel, keeping float error at the level of a blocked sum. */
+void graft_f32_dwconv2d_backward_weight__ref(const graft_conv_geom *g, int64_t c_start,
+                                             int64_t c_end,
+                                             const float *in,   /* (N, in_h, in_w, in_c) */
+                                             const float *dout, /* (N, out_h, out_w, in_c*M) */
+                                             float *dkernel);   /* (kernel_h, kernel_w, in_c, M), += */
+void graft_f32_dwconv2d_backward_weight__direct(const graft_conv_geom *g, int64_t c_start,
+                                                int64_t c_end,
+                                                const float *in,   /* (N, in_h, in_w, in_c) */
+                                                const float *dout, /* (N, out_h, out_w, in_c*M) */
+                                                float *dkernel);   /* (kernel_h, kernel_w, in_c, M), += */
+void graft_f32_dwconv2d_backward_weight_parallel(const graft_conv_geom *g,
+                                                 const float *in,   /* (N, in_h, in_w, in_c) */
+                                                 const float *dout, /* (N, out_h, out_w, in_c*M) */
+                                                 float *dkernel);   /* (kernel_h, kernel_w, in_c, M), += */
+
 #endif
