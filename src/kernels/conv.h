@@ -213,4 +213,46 @@ void graft_f32_dwconv2d_backward_weight_parallel(const graft_conv_geom *g,
                                                  const float *dout, /* (N, out_h, out_w, in_c*M) */
                                                  float *dkernel);   /* (kernel_h, kernel_w, in_c, M), += */
 
+/* Pooling dX for samples [n_start, n_end): windows overlap when stride < kernel,
+ * so each sample is scattered by one thread and threads split the batch. */
+void graft_f32_maxpool2d_backward__ref(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                       const float *in,   /* (N, in_h, in_w, C) */
+                                       const float *dout, /* (N, out_h, out_w, C) */
+                                       float *din);       /* (N, in_h, in_w, C), += */
+void graft_f32_maxpool2d_backward__direct(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                          const float *in,   /* (N, in_h, in_w, C) */
+                                          const float *dout, /* (N, out_h, out_w, C) */
+                                          float *din);       /* (N, in_h, in_w, C), += */
+void graft_f32_maxpool2d_backward_parallel(const graft_conv_geom *g,
+                                           const float *in,   /* (N, in_h, in_w, C) */
+                                           const float *dout, /* (N, out_h, out_w, C) */
+                                           float *din);       /* (N, in_h, in_w, C), += */
+void graft_f32_avgpool2d_backward__ref(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                       const float *dout, /* (N, out_h, out_w, C) */
+                                       float *din);       /* (N, in_h, in_w, C), += */
+void graft_f32_avgpool2d_backward__direct(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                          const float *dout, /* (N, out_h, out_w, C) */
+                                          float *din);       /* (N, in_h, in_w, C), += */
+void graft_f32_avgpool2d_backward_parallel(const graft_conv_geom *g,
+                                           const float *dout, /* (N, out_h, out_w, C) */
+                                           float *din);       /* (N, in_h, in_w, C), += */
+
+/* Global pooling dX for samples [n_start, n_end). */
+void graft_f32_global_avgpool_backward__ref(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                            const float *dout, /* (N, c) */
+                                            float *din);       /* (N, hw, c), += */
+void graft_f32_global_avgpool_backward__direct(int64_t hw, int64_t c, int64_t n_start,
+                                               int64_t n_end,
+                                               const float *dout, /* (N, c) */
+                                               float *din);       /* (N, hw, c), += */
+void graft_f32_global_maxpool_backward__ref(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                            const float *in,   /* (N, hw, c) */
+                                            const float *dout, /* (N, c) */
+                                            float *din);       /* (N, hw, c), += */
+void graft_f32_global_maxpool_backward__direct(int64_t hw, int64_t c, int64_t n_start,
+                                               int64_t n_end,
+                                               const float *in,   /* (N, hw, c) */
+                                               const float *dout, /* (N, c) */
+                                               float *din);       /* (N, hw, c), += */
+
 #endif
