@@ -4,14 +4,21 @@
  * no globals, no printing, no argument checks beyond what the geometry implies.
  * Each fast variant has a naive `__ref` beside it that the tests hold it to.
  *
- * Threading: a kernel that takes [row_start, row_end) runs single-threaded over
- * those rows of the flattened (batch * out_h) output rows, so the caller can split
- * the rows over OpenMP threads (the `_parallel` wrappers do exactly that) and a
- * test can call it directly. GEMM-based kernels take no range: they call
- * cblas_sgemm, which OpenBLAS threads itself, and use no OpenMP.
+ * Threading: a kernel that takes a [start, end) range runs single-threaded over
+ * that slice, so callers split it over OpenMP threads and tests call it directly.
+ * Forward kernels take rows of the flattened (batch * out_h) output; backward
+ * kernels take whichever slice keeps threads' writes disjoint (input rows,
+ * channels or samples, stated at each). The `_parallel` wrappers split the whole
+ * range over graft_threads() OpenMP threads (inside another parallel region
+ * they run on one thread, OpenMP nesting being off by default). GEMM-based kernels take no range:
+ * they call cblas_sgemm, which OpenBLAS threads itself, and use no OpenMP; with
+ * OpenBLAS's pthread build an OpenMP region right after a GEMM contends with its
+ * still-spinning workers (measured 2-20x slowdowns on 2 cores), which OpenBLAS's
+ * OpenMP build would avoid by sharing one thread pool.
  *
  * Buffers: no kernel here reads or writes outside the shapes documented at its
- * parameters (no SIMD over-read), so callers need no padding floats.
+ * parameters (no SIMD over-read), so callers need no padding floats. Kernels use
+ * at most about 17 KiB of stack (the depthwise weight gradient's row sums).
  */
 #ifndef GRAFT_KERNELS_CONV_H
 #define GRAFT_KERNELS_CONV_H
