@@ -11,10 +11,11 @@
  * channels or samples, stated at each). The `_parallel` wrappers split the whole
  * range over graft_threads() OpenMP threads (inside another parallel region
  * they run on one thread, OpenMP nesting being off by default). GEMM-based kernels take no range:
- * they call cblas_sgemm, which OpenBLAS threads itself, and use no OpenMP; with
- * OpenBLAS's pthread build an OpenMP region right after a GEMM contends with its
- * still-spinning workers (measured 2-20x slowdowns on 2 cores), which OpenBLAS's
- * OpenMP build would avoid by sharing one thread pool.
+ * they call cblas_sgemm, which OpenBLAS threads itself, and use no OpenMP: with
+ * OpenBLAS's pthread build, OpenMP's workers keep spinning after a region and
+ * take the cores from the GEMM that follows (an OpenMP im2col ran 2-20x slower;
+ * a 56x56x24->144 pointwise GEMM right after a depthwise layer, 10.9 -> 15.7 ms).
+ * OMP_WAIT_POLICY=passive, or OpenBLAS's OpenMP build, removes that.
  *
  * Buffers: no kernel here reads or writes outside the shapes documented at its
  * parameters (no SIMD over-read), so callers need no padding floats. Kernels use
@@ -67,9 +68,8 @@ size_t graft_f32_conv2d_scratch_bytes(const graft_conv_geom *g);
 
 /* As the ref, via im2col + cblas_sgemm over chunks of output pixels; each output
  * chunk is first filled with the bias and the GEMM accumulates into it (beta=1).
- * Threaded by OpenBLAS only: the im2col fill is serial, because with OpenBLAS's
- * pthread build an OpenMP region between GEMMs contends with its spinning
- * workers. Call it from outside any OpenMP parallel region. */
+ * Threaded by OpenBLAS only: the im2col fill is serial (see the threading note
+ * above). Call it from outside any OpenMP parallel region. */
 void graft_f32_conv2d__gemm(const graft_conv_geom *g,
                             const float *in,     /* (N, in_h, in_w, in_c) */
                             const float *kernel, /* (kernel_h, kernel_w, in_c, out_c) */

@@ -139,9 +139,9 @@ void graft_f32_conv2d__gemm(const graft_conv_geom *g, const float *in, const flo
     const int64_t chunk = chunk_pixels(g);
     for (int64_t p0 = 0; p0 < pixels; p0 += chunk) {
         int64_t m = pixels - p0 < chunk ? pixels - p0 : chunk;
-        /* Serial on purpose: an OpenMP region between two OpenBLAS calls fights
-         * OpenBLAS's spinning pthread workers for the cores (runs 2-20x slower
-         * here), while the serial fill costs ~15% of the GEMM. */
+        /* Serial on purpose: OpenMP's workers spin on after a region and take
+         * the cores from the GEMM that follows (2-20x slower here), while the
+         * serial fill costs ~15% of the GEMM. */
         for (int64_t i = 0; i < m; i++)
             im2col_pixel(g, in, p0 + i, scratch + i * K);
         if (bias)
