@@ -41,12 +41,17 @@ static float *buf(int64_t n)
 
 typedef struct bench_case {
     const char *name;
-    int kind; /* CONV, DW, MAXPOOL, AVGPOOL, GAP */
+    int kind;
     graft_conv_geom g;
     float *in, *kernel, *bias, *out, *scratch;
+    float *priv; /* backward-weight refs: one private dkernel per thread */
 } bench_case;
 
-enum { CONV, DW, MAXPOOL, AVGPOOL, GAP };
+/* Backward kinds read `out` as dY and write (+=) `in` (dX) or `kernel` (dW). */
+enum { CONV, DW, MAXPOOL, AVGPOOL, GAP, CONV_BWI, CONV_BWW, DW_BWI, DW_BWW, BIAS_BW, MAXPOOL_BW };
+
+static int is_conv(int kind) { return kind == CONV || kind == CONV_BWI || kind == CONV_BWW; }
+static int is_dw(int kind) { return kind == DW || kind == DW_BWI || kind == DW_BWW; }
 
 static void run_fast(bench_case *b)
 {
@@ -71,6 +76,30 @@ static void run_fast(bench_case *b)
             int64_t s = g->batch * t / nt, e = g->batch * (t + 1) / nt;
             graft_f32_global_avgpool__direct(g->in_h * g->in_w, g->in_c, s, e, b->in, b->out);
         }
+        break;
+    case CONV_BWI:
+        graft_f32_conv2d_backward_input__gemm(g, b->out, b->kernel, b->in, b->scratch);
+        break;
+    case CONV_BWW:
+        graft_f32_conv2d_backward_weight__gemm(g, b->in, b->out, b->kernel, b->scratch);
+        break;
+    case DW_BWI:
+        graft_f32_dwconv2d_backward_input_parallel(g, b->out, b->kernel, b->in);
+        break;
+    case DW_BWW:
+        graft_f32_dwconv2d_backward_weight_parallel(g, b->in, b->out, b->kernel);
+        break;
+    case BIAS_BW:
+#pragma omp parallel
+        {
+            int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            int64_t s = g->out_c * t / nt, e = g->out_c * (t + 1) / nt;
+            graft_f32_bias_backward__direct(g->batch * g->out_h * g->out_w, g->out_c, s, e, b->out,
+                                            b->bias);
+        }
+        break;
+    case MAXPOOL_BW:
+        graft_f32_maxpool2d_backward_parallel(g, b->kernel, b->out, b->in);
         break;
     }
 }
@@ -106,6 +135,36 @@ static void run_ref(bench_case *b)
         case GAP:
             graft_f32_global_avgpool__ref(g->in_h * g->in_w, g->in_c, ns, ne, b->in, b->out);
             break;
+        case CONV_BWI:
+        case CONV_BWW: {
+            graft_conv_geom sub = *g;
+            sub.batch = ne - ns;
+            const float *x = b->in + ns * g->in_h * g->in_w * g->in_c;
+            const float *dy = b->out + ns * g->out_h * g->out_w * g->out_c;
+            if (sub.batch > 0 && b->kind == CONV_BWI)
+                graft_f32_conv2d_backward_input__ref(&sub, dy, b->kernel,
+                                                     b->in + ns * g->in_h * g->in_w * g->in_c);
+            else if (sub.batch > 0)
+                graft_f32_conv2d_backward_weight__ref(
+                    &sub, x, dy, b->priv + t * g->kernel_h * g->kernel_w * g->in_c * g->out_c);
+            break;
+        }
+        case DW_BWI:
+            graft_f32_dwconv2d_backward_input__ref(g, g->batch * g->in_h * t / nt,
+                                                   g->batch * g->in_h * (t + 1) / nt, b->out,
+                                                   b->kernel, b->in);
+            break;
+        case DW_BWW:
+            graft_f32_dwconv2d_backward_weight__ref(g, g->in_c * t / nt, g->in_c * (t + 1) / nt,
+                                                    b->in, b->out, b->kernel);
+            break;
+        case BIAS_BW:
+            graft_f32_bias_backward__ref(g->batch * g->out_h * g->out_w, g->out_c,
+                                         g->out_c * t / nt, g->out_c * (t + 1) / nt, b->out, b->bias);
+            break;
+        case MAXPOOL_BW:
+            graft_f32_maxpool2d_backward__ref(g, ns, ne, b->kernel, b->out, b->in);
+            break;
         }
     }
 }
@@ -116,9 +175,15 @@ static double flops(const bench_case *b)
     double px = (double)g->batch * (double)g->out_h * (double)g->out_w;
     switch (b->kind) {
     case CONV:
+    case CONV_BWI:
+    case CONV_BWW:
         return 2.0 * px * (double)(g->kernel_h * g->kernel_w * g->in_c) * (double)g->out_c;
     case DW:
+    case DW_BWI:
+    case DW_BWW:
         return 2.0 * px * (double)(g->kernel_h * g->kernel_w) * (double)g->out_c;
+    case BIAS_BW:
+        return px * (double)g->out_c;
     case GAP:
         return (double)g->batch * (double)(g->in_h * g->in_w * g->in_c);
     default: /* one compare or add per window cell */
@@ -134,9 +199,13 @@ static double bytes(const bench_case *b)
     double out = (double)g->batch * (double)(g->out_h * g->out_w * g->out_c);
     if (b->kind == GAP)
         out = (double)(g->batch * g->in_c);
-    double w = b->kind == CONV ? (double)(g->kernel_h * g->kernel_w * g->in_c * g->out_c)
-               : b->kind == DW ? (double)(g->kernel_h * g->kernel_w * g->out_c)
-                               : 0.0;
+    double w = is_conv(b->kind) ? (double)(g->kernel_h * g->kernel_w * g->in_c * g->out_c)
+               : is_dw(b->kind) ? (double)(g->kernel_h * g->kernel_w * g->out_c)
+                                : 0.0;
+    if (b->kind == BIAS_BW)
+        in = 0.0;
+    if (b->kind == MAXPOOL_BW)
+        in *= 2.0; /* reads X, updates dX */
     return 4.0 * (in + out + w);
 }
 
@@ -213,6 +282,18 @@ int main(int argc, char **argv)
         make("maxpool 3x3s2 56x56x64 same", MAXPOOL, N, 56, 56, 64, 64, 3, 2, 1),
         make("avgpool 3x3s1 28x28x192 same", AVGPOOL, N, 28, 28, 192, 192, 3, 1, 1),
         make("global avg 7x7x1280", GAP, N, 7, 7, 1280, 1280, 7, 1, 0),
+        make("bwd-in conv 3x3s1 28x28x64->64", CONV_BWI, N, 28, 28, 64, 64, 3, 1, 1),
+        make("bwd-w conv 3x3s1 28x28x64->64", CONV_BWW, N, 28, 28, 64, 64, 3, 1, 1),
+        make("bwd-in pw 56x56x24->144", CONV_BWI, N, 56, 56, 24, 144, 1, 1, 1),
+        make("bwd-w pw 56x56x24->144", CONV_BWW, N, 56, 56, 24, 144, 1, 1, 1),
+        make("bwd-in pw 7x7x320->1280", CONV_BWI, N, 7, 7, 320, 1280, 1, 1, 1),
+        make("bwd-w pw 7x7x320->1280", CONV_BWW, N, 7, 7, 320, 1280, 1, 1, 1),
+        make("bwd-bias 56x56x144", BIAS_BW, N, 56, 56, 144, 144, 1, 1, 1),
+        make("bwd-in dw 3x3s1 56x56x144", DW_BWI, N, 56, 56, 144, 144, 3, 1, 1),
+        make("bwd-w dw 3x3s1 56x56x144", DW_BWW, N, 56, 56, 144, 144, 3, 1, 1),
+        make("bwd-in dw 3x3s2 113x113x96", DW_BWI, N, 113, 113, 96, 96, 3, 2, 0),
+        make("bwd-w dw 3x3s2 113x113x96", DW_BWW, N, 113, 113, 96, 96, 3, 2, 0),
+        make("bwd maxpool 3x3s2 56x56x64", MAXPOOL_BW, N, 56, 56, 64, 64, 3, 2, 1),
     };
     const int ncases = (int)(sizeof cases / sizeof cases[0]);
 
@@ -230,15 +311,19 @@ int main(int argc, char **argv)
         int64_t nout = b->kind == GAP ? g->batch * g->in_c : g->batch * g->out_h * g->out_w * g->out_c;
         b->in = buf(nin);
         b->out = buf(nout);
-        if (b->kind == CONV || b->kind == DW) {
-            int64_t cin = b->kind == CONV ? g->in_c : 1;
-            b->kernel = buf(g->kernel_h * g->kernel_w * cin * g->out_c);
+        int64_t nk = g->kernel_h * g->kernel_w * (is_conv(b->kind) ? g->in_c : 1) * g->out_c;
+        if (is_conv(b->kind) || is_dw(b->kind) || b->kind == BIAS_BW) {
+            b->kernel = buf(nk);
             b->bias = buf(g->out_c);
         }
-        if (b->kind == CONV) {
+        if (b->kind == MAXPOOL_BW)
+            b->kernel = buf(nin); /* the forward input X */
+        if (is_conv(b->kind)) {
             size_t sb = graft_f32_conv2d_scratch_bytes(g);
             b->scratch = sb ? graft__malloc_aligned(sb) : NULL;
         }
+        if (b->kind == CONV_BWW)
+            b->priv = buf(nk * graft_threads());
         double fast = time_ms(run_fast, b, 9);
         double ref = time_ms(run_ref, b, 1);
         double gf = flops(b) / fast * 1e-6;
@@ -246,7 +331,7 @@ int main(int argc, char **argv)
                100.0 * gf / peak, bytes(b) / fast * 1e-6);
         fflush(stdout);
         graft__free_aligned(b->in), graft__free_aligned(b->out), graft__free_aligned(b->kernel);
-        graft__free_aligned(b->bias), graft__free_aligned(b->scratch);
+        graft__free_aligned(b->bias), graft__free_aligned(b->scratch), graft__free_aligned(b->priv);
     }
     return 0;
 }

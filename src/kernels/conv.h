@@ -4,14 +4,22 @@
  * no globals, no printing, no argument checks beyond what the geometry implies.
  * Each fast variant has a naive `__ref` beside it that the tests hold it to.
  *
- * Threading: a kernel that takes [row_start, row_end) runs single-threaded over
- * those rows of the flattened (batch * out_h) output rows, so the caller can split
- * the rows over OpenMP threads (the `_parallel` wrappers do exactly that) and a
- * test can call it directly. GEMM-based kernels take no range: they call
- * cblas_sgemm, which OpenBLAS threads itself, and use no OpenMP.
+ * Threading: a kernel that takes a [start, end) range runs single-threaded over
+ * that slice, so callers split it over OpenMP threads and tests call it directly.
+ * Forward kernels take rows of the flattened (batch * out_h) output; backward
+ * kernels take whichever slice keeps threads' writes disjoint (input rows,
+ * channels or samples, stated at each). The `_parallel` wrappers split the whole
+ * range over graft_threads() OpenMP threads (inside another parallel region
+ * they run on one thread, OpenMP nesting being off by default). GEMM-based kernels take no range:
+ * they call cblas_sgemm, which OpenBLAS threads itself, and use no OpenMP: with
+ * OpenBLAS's pthread build, OpenMP's workers keep spinning after a region and
+ * take the cores from the GEMM that follows (an OpenMP im2col ran 2-20x slower;
+ * a 56x56x24->144 pointwise GEMM right after a depthwise layer, 10.9 -> 15.7 ms).
+ * OMP_WAIT_POLICY=passive, or OpenBLAS's OpenMP build, removes that.
  *
  * Buffers: no kernel here reads or writes outside the shapes documented at its
- * parameters (no SIMD over-read), so callers need no padding floats.
+ * parameters (no SIMD over-read), so callers need no padding floats. Kernels use
+ * at most about 17 KiB of stack (the depthwise weight gradient's row sums).
  */
 #ifndef GRAFT_KERNELS_CONV_H
 #define GRAFT_KERNELS_CONV_H
@@ -60,9 +68,8 @@ size_t graft_f32_conv2d_scratch_bytes(const graft_conv_geom *g);
 
 /* As the ref, via im2col + cblas_sgemm over chunks of output pixels; each output
  * chunk is first filled with the bias and the GEMM accumulates into it (beta=1).
- * Threaded by OpenBLAS only: the im2col fill is serial, because with OpenBLAS's
- * pthread build an OpenMP region between GEMMs contends with its spinning
- * workers. Call it from outside any OpenMP parallel region. */
+ * Threaded by OpenBLAS only: the im2col fill is serial (see the threading note
+ * above). Call it from outside any OpenMP parallel region. */
 void graft_f32_conv2d__gemm(const graft_conv_geom *g,
                             const float *in,     /* (N, in_h, in_w, in_c) */
                             const float *kernel, /* (kernel_h, kernel_w, in_c, out_c) */
@@ -135,5 +142,124 @@ void graft_f32_global_maxpool__ref(int64_t hw, int64_t c, int64_t n_start, int64
 void graft_f32_global_maxpool__direct(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
                                       const float *in, /* (N, hw, c) */
                                       float *out);     /* (N, c) */
+
+/* ---- backward (training) -------------------------------------------------------
+ * Every gradient ACCUMULATES into its output (+=): the caller zeroes it first, and
+ * a tensor feeding several layers, or a weight shared between calls, sums its
+ * gradients without a temporary. `dout` is the gradient of the layer's output,
+ * shaped like `out` above. Max pooling routes each window's gradient to its first
+ * maximum in row-major window order, as TF's MaxPoolGrad does. */
+
+/* dX += col2im(dY @ W^T). Same scratch as the forward (graft_f32_conv2d_scratch_bytes):
+ * pointwise convs need none. Threaded by OpenBLAS; col2im is serial. */
+void graft_f32_conv2d_backward_input__ref(const graft_conv_geom *g,
+                                          const float *dout,   /* (N, out_h, out_w, out_c) */
+                                          const float *kernel, /* (kernel_h, kernel_w, in_c, out_c) */
+                                          float *din);         /* (N, in_h, in_w, in_c), += */
+void graft_f32_conv2d_backward_input__gemm(const graft_conv_geom *g,
+                                           const float *dout,   /* (N, out_h, out_w, out_c) */
+                                           const float *kernel, /* (kernel_h, kernel_w, in_c, out_c) */
+                                           float *din,          /* (N, in_h, in_w, in_c), += */
+                                           float *scratch);     /* graft_f32_conv2d_scratch_bytes(g) bytes */
+
+/* dW += im2col(X)^T @ dY. Same scratch as the forward. */
+void graft_f32_conv2d_backward_weight__ref(const graft_conv_geom *g,
+                                           const float *in,  /* (N, in_h, in_w, in_c) */
+                                           const float *dout, /* (N, out_h, out_w, out_c) */
+                                           float *dkernel);  /* (kernel_h, kernel_w, in_c, out_c), += */
+void graft_f32_conv2d_backward_weight__gemm(const graft_conv_geom *g,
+                                            const float *in,   /* (N, in_h, in_w, in_c) */
+                                            const float *dout, /* (N, out_h, out_w, out_c) */
+                                            float *dkernel,    /* (kernel_h, kernel_w, in_c, out_c), += */
+                                            float *scratch);   /* graft_f32_conv2d_scratch_bytes(g) bytes */
+
+/* Bias gradient of any layer whose output is `rows` rows of c channels (conv:
+ * rows = N*out_h*out_w): dbias[k] += sum over rows of dout[., k], for channels
+ * [c_start, c_end) so threads can split the channels. Sums in double. */
+void graft_f32_bias_backward__ref(int64_t rows, int64_t c, int64_t c_start, int64_t c_end,
+                                  const float *dout, /* (rows, c) */
+                                  float *dbias);     /* (c), += */
+void graft_f32_bias_backward__direct(int64_t rows, int64_t c, int64_t c_start, int64_t c_end,
+                                     const float *dout, /* (rows, c) */
+                                     float *dbias);     /* (c), += */
+
+/* Depthwise dX for input rows [row_start, row_end) of batch*in_h: each input
+ * row gathers from the output rows its windows reach, so threads splitting the
+ * input rows write disjoint memory. */
+void graft_f32_dwconv2d_backward_input__ref(const graft_conv_geom *g, int64_t row_start,
+                                            int64_t row_end,
+                                            const float *dout,   /* (N, out_h, out_w, in_c*M) */
+                                            const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                                            float *din);         /* (N, in_h, in_w, in_c), += */
+void graft_f32_dwconv2d_backward_input__direct(const graft_conv_geom *g, int64_t row_start,
+                                               int64_t row_end,
+                                               const float *dout,   /* (N, out_h, out_w, in_c*M) */
+                                               const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                                               float *din);         /* (N, in_h, in_w, in_c), += */
+void graft_f32_dwconv2d_backward_input_parallel(const graft_conv_geom *g,
+                                                const float *dout,   /* (N, out_h, out_w, in_c*M) */
+                                                const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
+                                                float *din);         /* (N, in_h, in_w, in_c), += */
+
+/* Depthwise dW for input channels [c_start, c_end) (their M outputs each), over
+ * the whole batch: channels are independent, so threads split them and need no
+ * reduction. The direct variant sums each output row in a stack buffer before
+ * adding it to dkernel, keeping float error at the level of a blocked sum. */
+void graft_f32_dwconv2d_backward_weight__ref(const graft_conv_geom *g, int64_t c_start,
+                                             int64_t c_end,
+                                             const float *in,   /* (N, in_h, in_w, in_c) */
+                                             const float *dout, /* (N, out_h, out_w, in_c*M) */
+                                             float *dkernel);   /* (kernel_h, kernel_w, in_c, M), += */
+void graft_f32_dwconv2d_backward_weight__direct(const graft_conv_geom *g, int64_t c_start,
+                                                int64_t c_end,
+                                                const float *in,   /* (N, in_h, in_w, in_c) */
+                                                const float *dout, /* (N, out_h, out_w, in_c*M) */
+                                                float *dkernel);   /* (kernel_h, kernel_w, in_c, M), += */
+void graft_f32_dwconv2d_backward_weight_parallel(const graft_conv_geom *g,
+                                                 const float *in,   /* (N, in_h, in_w, in_c) */
+                                                 const float *dout, /* (N, out_h, out_w, in_c*M) */
+                                                 float *dkernel);   /* (kernel_h, kernel_w, in_c, M), += */
+
+/* Pooling dX for samples [n_start, n_end): windows overlap when stride < kernel,
+ * so each sample is scattered by one thread and threads split the batch. */
+void graft_f32_maxpool2d_backward__ref(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                       const float *in,   /* (N, in_h, in_w, C) */
+                                       const float *dout, /* (N, out_h, out_w, C) */
+                                       float *din);       /* (N, in_h, in_w, C), += */
+void graft_f32_maxpool2d_backward__direct(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                          const float *in,   /* (N, in_h, in_w, C) */
+                                          const float *dout, /* (N, out_h, out_w, C) */
+                                          float *din);       /* (N, in_h, in_w, C), += */
+void graft_f32_maxpool2d_backward_parallel(const graft_conv_geom *g,
+                                           const float *in,   /* (N, in_h, in_w, C) */
+                                           const float *dout, /* (N, out_h, out_w, C) */
+                                           float *din);       /* (N, in_h, in_w, C), += */
+void graft_f32_avgpool2d_backward__ref(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                       const float *dout, /* (N, out_h, out_w, C) */
+                                       float *din);       /* (N, in_h, in_w, C), += */
+void graft_f32_avgpool2d_backward__direct(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                          const float *dout, /* (N, out_h, out_w, C) */
+                                          float *din);       /* (N, in_h, in_w, C), += */
+void graft_f32_avgpool2d_backward_parallel(const graft_conv_geom *g,
+                                           const float *dout, /* (N, out_h, out_w, C) */
+                                           float *din);       /* (N, in_h, in_w, C), += */
+
+/* Global pooling dX for samples [n_start, n_end). */
+void graft_f32_global_avgpool_backward__ref(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                            const float *dout, /* (N, c) */
+                                            float *din);       /* (N, hw, c), += */
+void graft_f32_global_avgpool_backward__direct(int64_t hw, int64_t c, int64_t n_start,
+                                               int64_t n_end,
+                                               const float *dout, /* (N, c) */
+                                               float *din);       /* (N, hw, c), += */
+void graft_f32_global_maxpool_backward__ref(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                            const float *in,   /* (N, hw, c) */
+                                            const float *dout, /* (N, c) */
+                                            float *din);       /* (N, hw, c), += */
+void graft_f32_global_maxpool_backward__direct(int64_t hw, int64_t c, int64_t n_start,
+                                               int64_t n_end,
+                                               const float *in,   /* (N, hw, c) */
+                                               const float *dout, /* (N, c) */
+                                               float *din);       /* (N, hw, c), += */
 
 #endif

@@ -198,3 +198,229 @@ void graft_f32_global_maxpool__direct(int64_t hw, int64_t c, int64_t n_start, in
         }
     }
 }
+
+/* ---- backward ------------------------------------------------------------------ */
+
+void graft_f32_maxpool2d_backward__ref(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                       const float *in, const float *dout, float *din)
+{
+    const int64_t H = g->in_h, W = g->in_w, C = g->in_c;
+    for (int64_t n = n_start; n < n_end; n++)
+        for (int64_t oy = 0; oy < g->out_h; oy++)
+            for (int64_t ox = 0; ox < g->out_w; ox++)
+                for (int64_t c = 0; c < C; c++) {
+                    int64_t arg = -1;
+                    float best = 0.0f;
+                    for (int64_t ky = 0; ky < g->kernel_h; ky++)
+                        for (int64_t kx = 0; kx < g->kernel_w; kx++) {
+                            int64_t iy = oy * g->stride_h - g->pad_top + ky;
+                            int64_t ix = ox * g->stride_w - g->pad_left + kx;
+                            if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+                                continue;
+                            int64_t i = ((n * H + iy) * W + ix) * C + c;
+                            if (arg < 0 || in[i] > best) {
+                                best = in[i];
+                                arg = i;
+                            }
+                        }
+                    if (arg >= 0)
+                        din[arg] += dout[((n * g->out_h + oy) * g->out_w + ox) * C + c];
+                }
+}
+
+void graft_f32_avgpool2d_backward__ref(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                       const float *dout, float *din)
+{
+    const int64_t H = g->in_h, W = g->in_w, C = g->in_c;
+    for (int64_t n = n_start; n < n_end; n++)
+        for (int64_t oy = 0; oy < g->out_h; oy++)
+            for (int64_t ox = 0; ox < g->out_w; ox++)
+                for (int64_t c = 0; c < C; c++) {
+                    int64_t count = 0;
+                    for (int64_t pass = 0; pass < 2; pass++)
+                        for (int64_t ky = 0; ky < g->kernel_h; ky++)
+                            for (int64_t kx = 0; kx < g->kernel_w; kx++) {
+                                int64_t iy = oy * g->stride_h - g->pad_top + ky;
+                                int64_t ix = ox * g->stride_w - g->pad_left + kx;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+                                    continue;
+                                if (pass == 0)
+                                    count++;
+                                else
+                                    din[((n * H + iy) * W + ix) * C + c] +=
+                                        dout[((n * g->out_h + oy) * g->out_w + ox) * C + c] /
+                                        (float)count;
+                            }
+                }
+}
+
+/* Channels handled per step of the max-pool gradient: its running maxima and
+ * their positions live on the stack. */
+enum { POOL_BLOCK = 256 };
+
+void graft_f32_maxpool2d_backward__direct(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                          const float *in, const float *dout, float *din)
+{
+    const int64_t H = g->in_h, W = g->in_w, C = g->in_c;
+    float best[POOL_BLOCK];
+    int32_t arg[POOL_BLOCK]; /* pixel index within the image, y*W + x */
+    for (int64_t n = n_start; n < n_end; n++) {
+        const float *img = in + n * H * W * C;
+        float *dimg = din + n * H * W * C;
+        for (int64_t oy = 0; oy < g->out_h; oy++) {
+            int64_t iy0 = oy * g->stride_h - g->pad_top, ky_lo, ky_hi;
+            clip(iy0, g->kernel_h, H, &ky_lo, &ky_hi);
+            for (int64_t ox = 0; ox < g->out_w; ox++) {
+                int64_t ix0 = ox * g->stride_w - g->pad_left, kx_lo, kx_hi;
+                clip(ix0, g->kernel_w, W, &kx_lo, &kx_hi);
+                if (ky_lo == ky_hi || kx_lo == kx_hi)
+                    continue;
+                const float *dy = dout + ((n * g->out_h + oy) * g->out_w + ox) * C;
+                for (int64_t c0 = 0; c0 < C; c0 += POOL_BLOCK) {
+                    int64_t nc = C - c0 < POOL_BLOCK ? C - c0 : POOL_BLOCK;
+                    int32_t first = (int32_t)((iy0 + ky_lo) * W + ix0 + kx_lo);
+                    const float *x0 = img + (int64_t)first * C + c0;
+                    for (int64_t j = 0; j < nc; j++) {
+                        best[j] = x0[j];
+                        arg[j] = first;
+                    }
+                    /* Strictly greater replaces: ties keep the first cell in
+                     * row-major window order, as the ref and TF do. */
+                    for (int64_t ky = ky_lo; ky < ky_hi; ky++)
+                        for (int64_t kx = kx_lo; kx < kx_hi; kx++) {
+                            int32_t pix = (int32_t)((iy0 + ky) * W + ix0 + kx);
+                            const float *restrict x = img + (int64_t)pix * C + c0;
+                            for (int64_t j = 0; j < nc; j++) {
+                                int gt = x[j] > best[j];
+                                best[j] = gt ? x[j] : best[j];
+                                arg[j] = gt ? pix : arg[j];
+                            }
+                        }
+                    for (int64_t j = 0; j < nc; j++)
+                        dimg[(int64_t)arg[j] * C + c0 + j] += dy[c0 + j];
+                }
+            }
+        }
+    }
+}
+
+void graft_f32_avgpool2d_backward__direct(const graft_conv_geom *g, int64_t n_start, int64_t n_end,
+                                          const float *dout, float *din)
+{
+    const int64_t H = g->in_h, W = g->in_w, C = g->in_c;
+    float share[POOL_BLOCK];
+    for (int64_t n = n_start; n < n_end; n++) {
+        float *dimg = din + n * H * W * C;
+        for (int64_t oy = 0; oy < g->out_h; oy++) {
+            int64_t iy0 = oy * g->stride_h - g->pad_top, ky_lo, ky_hi;
+            clip(iy0, g->kernel_h, H, &ky_lo, &ky_hi);
+            for (int64_t ox = 0; ox < g->out_w; ox++) {
+                int64_t ix0 = ox * g->stride_w - g->pad_left, kx_lo, kx_hi;
+                clip(ix0, g->kernel_w, W, &kx_lo, &kx_hi);
+                int64_t count = (ky_hi - ky_lo) * (kx_hi - kx_lo);
+                if (count == 0)
+                    continue;
+                const float *dy = dout + ((n * g->out_h + oy) * g->out_w + ox) * C;
+                float d = (float)count;
+                for (int64_t c0 = 0; c0 < C; c0 += POOL_BLOCK) {
+                    int64_t nc = C - c0 < POOL_BLOCK ? C - c0 : POOL_BLOCK;
+                    for (int64_t j = 0; j < nc; j++)
+                        share[j] = dy[c0 + j] / d;
+                    for (int64_t ky = ky_lo; ky < ky_hi; ky++)
+                        for (int64_t kx = kx_lo; kx < kx_hi; kx++) {
+                            float *restrict o = dimg + ((iy0 + ky) * W + ix0 + kx) * C + c0;
+                            for (int64_t j = 0; j < nc; j++)
+                                o[j] += share[j];
+                        }
+                }
+            }
+        }
+    }
+}
+
+void graft_f32_maxpool2d_backward_parallel(const graft_conv_geom *g, const float *in,
+                                           const float *dout, float *din)
+{
+#pragma omp parallel
+    {
+        int64_t s, e;
+        graft__split_range(g->batch, omp_get_thread_num(), omp_get_num_threads(), &s, &e);
+        graft_f32_maxpool2d_backward__direct(g, s, e, in, dout, din);
+    }
+}
+
+void graft_f32_avgpool2d_backward_parallel(const graft_conv_geom *g, const float *dout, float *din)
+{
+#pragma omp parallel
+    {
+        int64_t s, e;
+        graft__split_range(g->batch, omp_get_thread_num(), omp_get_num_threads(), &s, &e);
+        graft_f32_avgpool2d_backward__direct(g, s, e, dout, din);
+    }
+}
+
+void graft_f32_global_avgpool_backward__ref(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                            const float *dout, float *din)
+{
+    for (int64_t n = n_start; n < n_end; n++)
+        for (int64_t p = 0; p < hw; p++)
+            for (int64_t k = 0; k < c; k++)
+                din[(n * hw + p) * c + k] += dout[n * c + k] / (float)hw;
+}
+
+void graft_f32_global_avgpool_backward__direct(int64_t hw, int64_t c, int64_t n_start,
+                                               int64_t n_end, const float *dout, float *din)
+{
+    float share[POOL_BLOCK];
+    for (int64_t n = n_start; n < n_end; n++)
+        for (int64_t k0 = 0; k0 < c; k0 += POOL_BLOCK) {
+            int64_t nk = c - k0 < POOL_BLOCK ? c - k0 : POOL_BLOCK;
+            for (int64_t j = 0; j < nk; j++)
+                share[j] = dout[n * c + k0 + j] / (float)hw;
+            for (int64_t p = 0; p < hw; p++) {
+                float *restrict o = din + (n * hw + p) * c + k0;
+                for (int64_t j = 0; j < nk; j++)
+                    o[j] += share[j];
+            }
+        }
+}
+
+void graft_f32_global_maxpool_backward__ref(int64_t hw, int64_t c, int64_t n_start, int64_t n_end,
+                                            const float *in, const float *dout, float *din)
+{
+    for (int64_t n = n_start; n < n_end; n++)
+        for (int64_t k = 0; k < c; k++) {
+            int64_t arg = 0;
+            for (int64_t p = 1; p < hw; p++)
+                if (in[(n * hw + p) * c + k] > in[(n * hw + arg) * c + k])
+                    arg = p;
+            din[(n * hw + arg) * c + k] += dout[n * c + k];
+        }
+}
+
+void graft_f32_global_maxpool_backward__direct(int64_t hw, int64_t c, int64_t n_start,
+                                               int64_t n_end, const float *in, const float *dout,
+                                               float *din)
+{
+    float best[POOL_BLOCK];
+    int32_t arg[POOL_BLOCK];
+    for (int64_t n = n_start; n < n_end; n++)
+        for (int64_t k0 = 0; k0 < c; k0 += POOL_BLOCK) {
+            int64_t nk = c - k0 < POOL_BLOCK ? c - k0 : POOL_BLOCK;
+            const float *x0 = in + n * hw * c + k0;
+            for (int64_t j = 0; j < nk; j++) {
+                best[j] = x0[j];
+                arg[j] = 0;
+            }
+            for (int32_t p = 1; p < hw; p++) {
+                const float *restrict x = x0 + (int64_t)p * c;
+                for (int64_t j = 0; j < nk; j++) {
+                    int gt = x[j] > best[j];
+                    best[j] = gt ? x[j] : best[j];
+                    arg[j] = gt ? p : arg[j];
+                }
+            }
+            for (int64_t j = 0; j < nk; j++)
+                din[(n * hw + arg[j]) * c + k0 + j] += dout[n * c + k0 + j];
+        }
+}

@@ -1,0 +1,333 @@
+/* Conv2D backward kernels: the refs against finite differences of the forward
+ * ref, the GEMM variants against the refs on a sweep; gradients accumulate. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "kernels/conv.h"
+
+#define ATOL 1e-5
+#define RTOL 1e-4
+/* Floats after every output buffer that a kernel must leave alone. */
+#define GUARD 64
+#define SENTINEL 12345.678f
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+
+static float *rand_buf(int64_t n, float scale)
+{
+    float *p = malloc((size_t)(n + GUARD) * sizeof(float));
+    assert_non_null(p);
+    for (int64_t i = 0; i < n + GUARD; i++)
+        p[i] = frand() * scale;
+    return p;
+}
+
+static float *guarded_buf(int64_t n)
+{
+    float *p = malloc((size_t)(n + GUARD) * sizeof(float));
+    assert_non_null(p);
+    for (int64_t i = 0; i < n + GUARD; i++)
+        p[i] = SENTINEL;
+    return p;
+}
+
+/* |got-want| <= ATOL + RTOL*|want| everywhere, and the guard floats untouched. */
+static int close_enough(const char *what, const float *got, const float *want, int64_t n)
+{
+    static int reported; /* a broken kernel fails hundreds of sweep cases: show a few */
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (!(d <= ATOL + RTOL * fabs((double)want[i]))) {
+            if (reported++ < 8)
+                print_error("%s: element %lld: got %.8g want %.8g\n", what, (long long)i, got[i],
+                            want[i]);
+            return 0;
+        }
+    }
+    for (int64_t i = n; i < n + GUARD; i++)
+        if (got[i] != SENTINEL) {
+            if (reported++ < 8)
+                print_error("%s: wrote past the end (float %lld)\n", what, (long long)(i - n));
+            return 0;
+        }
+    return 1;
+}
+
+static graft_conv_geom geom(int64_t n, int64_t h, int64_t w, int64_t c, int64_t co, int64_t kh,
+                            int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw)
+{
+    graft_conv_geom g = {.batch = n, .in_h = h, .in_w = w, .in_c = c, .out_c = co,
+                         .kernel_h = kh, .kernel_w = kw, .stride_h = sh, .stride_w = sw,
+                         .dilation_h = dh, .dilation_w = dw};
+    return g;
+}
+
+/* ---- finite differences ---------------------------------------------------------- */
+
+/* The scalar the gradients are checked on: L = sum(out * R) for fixed random R,
+ * so dL/dout = R is the `dout` fed to the backward kernels. */
+typedef double (*loss_fn)(void *ctx);
+
+static double dot_double(const float *a, const float *b, int64_t n)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+/* Compares grad[i] with the central difference of loss() in param[i], for every i.
+ * The denominator is the difference actually stored in float. */
+static int matches_finite_differences(const char *what, loss_fn loss, void *ctx, float *param,
+                                      const float *grad, int64_t n, float h)
+{
+    static int reported;
+    int ok = 1;
+    for (int64_t i = 0; i < n; i++) {
+        float keep = param[i];
+        float up = keep + h, down = keep - h;
+        param[i] = up;
+        double lp = loss(ctx);
+        param[i] = down;
+        double lm = loss(ctx);
+        param[i] = keep;
+        double fd = (lp - lm) / ((double)up - (double)down);
+        double an = grad[i];
+        double scale = fabs(fd) > fabs(an) ? fabs(fd) : fabs(an);
+        if (!(fabs(fd - an) <= 1e-3 * scale + 1e-6)) {
+            if (reported++ < 8)
+                print_error("%s: element %lld: analytic %.8g, finite difference %.8g\n", what,
+                            (long long)i, an, fd);
+            ok = 0;
+        }
+    }
+    return ok;
+}
+
+/* ---- refs against finite differences ---------------------------------------------- */
+
+typedef struct conv_case {
+    graft_conv_geom g;
+    float *in, *kernel, *bias, *out, *r; /* r: dL/dout */
+    int64_t nin, nk, nout;
+} conv_case;
+
+static conv_case conv_case_new(graft_conv_geom g)
+{
+    conv_case c = {.g = g};
+    c.nin = g.batch * g.in_h * g.in_w * g.in_c;
+    c.nk = g.kernel_h * g.kernel_w * g.in_c * g.out_c;
+    c.nout = g.batch * g.out_h * g.out_w * g.out_c;
+    c.in = rand_buf(c.nin, 1.0f);
+    c.kernel = rand_buf(c.nk, 1.0f);
+    c.bias = rand_buf(g.out_c, 1.0f);
+    c.out = rand_buf(c.nout, 1.0f);
+    c.r = rand_buf(c.nout, 1.0f);
+    return c;
+}
+
+static void conv_case_free(conv_case *c)
+{
+    free(c->in), free(c->kernel), free(c->bias), free(c->out), free(c->r);
+}
+
+static double conv_loss(void *ctx)
+{
+    conv_case *c = ctx;
+    graft_f32_conv2d__ref(&c->g, c->in, c->kernel, c->bias, c->out);
+    return dot_double(c->out, c->r, c->nout);
+}
+
+static int conv_refs_match_finite_differences(graft_conv_geom g, const char *what)
+{
+    conv_case c = conv_case_new(g);
+    float *din = calloc((size_t)c.nin, sizeof(float));
+    float *dk = calloc((size_t)c.nk, sizeof(float));
+    float *db = calloc((size_t)g.out_c, sizeof(float));
+    graft_f32_conv2d_backward_input__ref(&c.g, c.r, c.kernel, din);
+    graft_f32_conv2d_backward_weight__ref(&c.g, c.in, c.r, dk);
+    graft_f32_bias_backward__ref(g.batch * g.out_h * g.out_w, g.out_c, 0, g.out_c, c.r, db);
+    /* The loss is linear in each parameter, so a large step loses nothing. */
+    int ok = matches_finite_differences(what, conv_loss, &c, c.in, din, c.nin, 0.25f);
+    ok &= matches_finite_differences(what, conv_loss, &c, c.kernel, dk, c.nk, 0.25f);
+    ok &= matches_finite_differences(what, conv_loss, &c, c.bias, db, g.out_c, 0.25f);
+    conv_case_free(&c);
+    free(din), free(dk), free(db);
+    return ok;
+}
+
+static void conv2d_backward_refs_match_finite_differences(void **state)
+{
+    graft_conv_geom g = geom(2, 5, 6, 3, 4, 3, 3, 2, 2, 1, 1); /* 'same' s2: pads bottom/right */
+    assert_int_equal(graft_conv_geom_init(&g, 1), 1);
+    assert_true(conv_refs_match_finite_differences(g, "3x3 s2 same"));
+    g = geom(1, 7, 7, 2, 3, 3, 3, 1, 1, 2, 2);
+    assert_int_equal(graft_conv_geom_init(&g, 1), 1);
+    assert_true(conv_refs_match_finite_differences(g, "3x3 d2 same"));
+    g = geom(2, 4, 9, 3, 2, 1, 7, 1, 3, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&g, 1), 1);
+    assert_true(conv_refs_match_finite_differences(g, "1x7 s(1,3) same"));
+    g = geom(1, 8, 5, 2, 2, 3, 2, 3, 1, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&g, 0), 1);
+    assert_true(conv_refs_match_finite_differences(g, "3x2 s(3,1) valid"));
+    g = geom(1, 4, 4, 3, 5, 1, 1, 1, 1, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&g, 0), 1);
+    assert_true(conv_refs_match_finite_differences(g, "pointwise"));
+    g = geom(1, 4, 5, 2, 2, 3, 3, 1, 1, 1, 1);
+    g.pad_top = 2, g.pad_left = 0, g.out_h = 5, g.out_w = 4;
+    assert_true(conv_refs_match_finite_differences(g, "hand padding"));
+}
+
+/* ---- fast against ref, gradients accumulating onto existing values --------------- */
+
+static int conv_backward_fast_matches_ref(graft_conv_geom g, const char *what)
+{
+    conv_case c = conv_case_new(g);
+    float *din_want = rand_buf(c.nin + GUARD, 1.0f), *din_got = guarded_buf(c.nin);
+    float *dk_want = rand_buf(c.nk + GUARD, 1.0f), *dk_got = guarded_buf(c.nk);
+    memcpy(din_got, din_want, (size_t)c.nin * sizeof(float));
+    memcpy(dk_got, dk_want, (size_t)c.nk * sizeof(float));
+    for (int64_t i = 0; i < GUARD; i++)
+        din_want[c.nin + i] = dk_want[c.nk + i] = SENTINEL;
+    size_t sb = graft_f32_conv2d_scratch_bytes(&g);
+    float *scratch = sb ? malloc(sb) : NULL;
+    graft_f32_conv2d_backward_input__ref(&g, c.r, c.kernel, din_want);
+    graft_f32_conv2d_backward_input__gemm(&g, c.r, c.kernel, din_got, scratch);
+    graft_f32_conv2d_backward_weight__ref(&g, c.in, c.r, dk_want);
+    graft_f32_conv2d_backward_weight__gemm(&g, c.in, c.r, dk_got, scratch);
+    char name[256];
+    snprintf(name, sizeof name,
+             "%s n%lld %lldx%lldx%lld->%lld k%lldx%lld s%lldx%lld d%lldx%lld pad %lld,%lld",
+             what, (long long)g.batch, (long long)g.in_h, (long long)g.in_w, (long long)g.in_c,
+             (long long)g.out_c, (long long)g.kernel_h, (long long)g.kernel_w,
+             (long long)g.stride_h, (long long)g.stride_w, (long long)g.dilation_h,
+             (long long)g.dilation_w, (long long)g.pad_top, (long long)g.pad_left);
+    int ok = close_enough(name, din_got, din_want, c.nin);
+    ok &= close_enough(name, dk_got, dk_want, c.nk);
+    conv_case_free(&c);
+    free(din_want), free(din_got), free(dk_want), free(dk_got), free(scratch);
+    return ok;
+}
+
+static void conv2d_backward_gemm_matches_ref_over_shape_sweep(void **state)
+{
+    static const int64_t shapes[][3] = {{1, 7, 7}, {3, 8, 6}, {1, 13, 12}};
+    static const int64_t kernels[][2] = {{1, 1}, {3, 3}, {5, 5}, {1, 7}, {7, 1}};
+    static const int64_t chans[][2] = {{1, 1}, {3, 16}, {15, 17}, {16, 33}, {17, 3}, {33, 15}};
+    int cases = 0, bad = 0;
+    for (size_t si = 0; si < 3; si++)
+        for (size_t ki = 0; ki < 5; ki++)
+            for (int64_t s = 1; s <= 3; s++)
+                for (int same = 0; same <= 1; same++)
+                    for (int64_t d = 1; d <= 2; d++)
+                        for (size_t ci = 0; ci < 6; ci++) {
+                            graft_conv_geom g =
+                                geom(shapes[si][0], shapes[si][1], shapes[si][2], chans[ci][0],
+                                     chans[ci][1], kernels[ki][0], kernels[ki][1], s, s, d, d);
+                            if (!graft_conv_geom_init(&g, same))
+                                continue;
+                            cases++;
+                            bad += !conv_backward_fast_matches_ref(g, "sweep");
+                        }
+    print_message("conv2d backward sweep: %d shapes\n", cases);
+    assert_true(cases > 900);
+    assert_int_equal(bad, 0);
+}
+
+static void conv2d_backward_gemm_chunks_and_pointwise_blocks_match_ref(void **state)
+{
+    graft_conv_geom g = geom(3, 20, 20, 64, 20, 3, 3, 1, 1, 1, 1); /* several im2col chunks */
+    assert_int_equal(graft_conv_geom_init(&g, 1), 1);
+    assert_true(graft_f32_conv2d_scratch_bytes(&g) < (size_t)(3 * 400) * 9 * 64 * sizeof(float));
+    assert_true(conv_backward_fast_matches_ref(g, "chunked"));
+    g = geom(3, 80, 80, 24, 40, 1, 1, 1, 1, 1, 1); /* more than one 4 MiB row block */
+    assert_int_equal(graft_conv_geom_init(&g, 1), 1);
+    assert_true(conv_backward_fast_matches_ref(g, "pointwise"));
+    g = geom(2, 9, 9, 17, 5, 1, 1, 2, 2, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&g, 1), 1);
+    assert_true(conv_backward_fast_matches_ref(g, "pointwise stride 2"));
+    g = geom(2, 6, 5, 3, 4, 3, 2, 1, 2, 1, 1);
+    g.pad_top = 2, g.pad_left = 0, g.out_h = 7, g.out_w = 3;
+    assert_true(conv_backward_fast_matches_ref(g, "hand padding"));
+}
+
+static void bias_backward_direct_matches_ref_and_keeps_to_its_channels(void **state)
+{
+    static const int64_t chans[] = {1, 3, 16, 17, 300, 1280};
+    for (int i = 0; i < 6; i++) {
+        int64_t c = chans[i], rows = 1000;
+        float *dy = rand_buf(rows * c, 1.0f);
+        float *want = rand_buf(c + GUARD, 1.0f), *got = guarded_buf(c);
+        memcpy(got, want, (size_t)c * sizeof(float));
+        for (int64_t k = 0; k < GUARD; k++)
+            want[c + k] = SENTINEL;
+        int64_t mid = c / 3;
+        graft_f32_bias_backward__ref(rows, c, 0, c, dy, want);
+        graft_f32_bias_backward__direct(rows, c, 0, mid, dy, got);
+        graft_f32_bias_backward__direct(rows, c, mid, c, dy, got);
+        assert_true(close_enough("bias", got, want, c));
+        /* A channel range leaves the others alone. */
+        float before = got[0];
+        graft_f32_bias_backward__direct(rows, c, c > 1 ? 1 : 0, c > 1 ? c : 0, dy, got);
+        assert_true(got[0] == before);
+        free(dy), free(want), free(got);
+    }
+}
+
+static void bias_backward_hand_computed(void **state)
+{
+    const float dy[6] = {1, 10, 2, 20, 3, 30}; /* 3 rows, 2 channels */
+    float db[2] = {100, 200};
+    graft_f32_bias_backward__direct(3, 2, 0, 2, dy, db);
+    assert_float_equal(db[0], 106, 0);
+    assert_float_equal(db[1], 260, 0);
+    graft_f32_bias_backward__ref(3, 2, 0, 2, dy, db);
+    assert_float_equal(db[0], 112, 0);
+    assert_float_equal(db[1], 320, 0);
+}
+
+static void conv2d_backward_input_ref_hand_computed(void **state)
+{
+    /* 1x3 input, 1x2 kernel {1, 10}, valid: out0 = x0 + 10 x1, out1 = x1 + 10 x2.
+     * With dout = {1, 2}: dx = {1, 10 + 2, 20}; dW = {x0 + 2 x1, x1 + 2 x2}. */
+    const float x[3] = {3, 5, 7}, w[2] = {1, 10}, dy[2] = {1, 2};
+    float dx[3] = {0, 0, 0}, dw[2] = {0, 0};
+    graft_conv_geom g = geom(1, 1, 3, 1, 1, 1, 2, 1, 1, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&g, 0), 1);
+    graft_f32_conv2d_backward_input__ref(&g, dy, w, dx);
+    graft_f32_conv2d_backward_weight__ref(&g, x, dy, dw);
+    assert_float_equal(dx[0], 1, 0);
+    assert_float_equal(dx[1], 12, 0);
+    assert_float_equal(dx[2], 20, 0);
+    assert_float_equal(dw[0], 13, 0);
+    assert_float_equal(dw[1], 19, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(conv2d_backward_input_ref_hand_computed),
+        cmocka_unit_test(bias_backward_hand_computed),
+        cmocka_unit_test(conv2d_backward_refs_match_finite_differences),
+        cmocka_unit_test(conv2d_backward_gemm_matches_ref_over_shape_sweep),
+        cmocka_unit_test(conv2d_backward_gemm_chunks_and_pointwise_blocks_match_ref),
+        cmocka_unit_test(bias_backward_direct_matches_ref_and_keeps_to_its_channels),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
