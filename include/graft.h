@@ -382,6 +382,67 @@ graft_status graft_dataset_load(graft_dataset *dataset, const int64_t *indices, 
 /* A graft_batch_source over the dataset with this augmentation (copied; NULL = none). */
 graft_batch_source graft_dataset_source(graft_dataset *dataset, const graft_augment *aug);
 
+/* ---- the transfer-learning recipe ------------------------------------------------ */
+
+/* The seed's two-phase recipe: cut the base at a feature layer, add a new head
+ * (pooling -> dropout -> softmax dense), train the head with the base frozen
+ * (phase 1, from the frozen-feature cache), then unfreeze the top of the base and
+ * fine-tune at a lower learning rate with BatchNorm kept in inference mode
+ * (phase 2). Early stopping restores the best weights of each phase. */
+typedef struct graft_recipe {
+    const char *cut;             /* NULL: the last layer with a spatial (H, W, C) output */
+    double dropout;              /* default 0.2 */
+    graft_augment augment;       /* default flip_horizontal, rotation 0.05, zoom 0.1 */
+    int cache_views;             /* augmented views cached for frozen layers; default 4
+                                  * (1 when augmentation is off) */
+    graft_train_config phase1;   /* default: Adam 1e-3, 30 epochs, patience 5 on val loss */
+    int fine_tune;               /* default 1 */
+    const char *fine_tune_at;    /* NULL: the recipe picks the block start about a third
+                                  * of the way down from the cut */
+    graft_train_config phase2;   /* default: Adam 1e-5, 10 epochs, patience 3, BN frozen */
+    uint64_t seed;               /* head initialisation; also copied into both phases */
+    /* Called after each phase with the model as trained so far (e.g. to measure
+     * a held-out set); a nonzero return stops the recipe there. */
+    int (*on_phase_end)(int phase, graft_model *model, void *user);
+    void *user;
+} graft_recipe;
+
+void graft_recipe_defaults(graft_recipe *recipe);
+
+typedef struct graft_recipe_result {
+    char cut[128], fine_tune_at[128]; /* what the recipe used ("" when no phase 2) */
+    graft_train_result phase1, phase2;
+    int phase2_run;
+} graft_recipe_result;
+
+/* Runs the recipe on `model` (modified in place: cut, head added, trained). The
+ * datasets must have been opened at the size the model will run at (the recipe
+ * sets the model's input size to the train dataset's). val may be NULL. */
+graft_status graft_recipe_run(graft_model *model, graft_dataset *train, graft_dataset *val,
+                              const graft_recipe *recipe, graft_recipe_result *result);
+
+/* The layer the recipe cuts at when none is given, and the fine-tune start it
+ * picks above a cut (written into buf). */
+graft_status graft_recipe_default_cut(const graft_model *model, char *buf, size_t size);
+graft_status graft_recipe_default_fine_tune_at(const graft_model *model, char *buf, size_t size);
+
+/* ---- evaluation ------------------------------------------------------------------- */
+
+typedef struct graft_evaluation {
+    int64_t count, classes;
+    double accuracy, top5_accuracy, loss;
+    int32_t *predicted;          /* (count) */
+    float *probability;          /* (count) probability of the predicted class */
+    float *true_probability;     /* (count) probability of the true class */
+    int64_t *confusion;          /* (classes, classes): row = true, column = predicted */
+} graft_evaluation;
+
+/* Predicts every image of the dataset (un-augmented); tta averages the
+ * probabilities of the image and its horizontal mirror. */
+graft_status graft_evaluate(graft_model *model, graft_dataset *dataset, int64_t batch, int tta,
+                            graft_evaluation *out);
+void graft_evaluation_free(graft_evaluation *evaluation);
+
 #ifdef __cplusplus
 }
 #endif

@@ -395,6 +395,7 @@ static void stop_request_checkpoints_and_resume_matches(void **state)
     c.epochs = 4;
     float *straight = train_and_copy(&c, &train, NULL, GRAFT_OK);
     volatile int stop = 0;
+    train.fills = 0;
     train.stop = &stop;
     train.stop_after_fills = 17; /* in epoch 2 of 12 batches each */
     c.checkpoint = ckpt;

@@ -1,4 +1,6 @@
 /* Conv2D: kernel (KH, KW, Cin, Cout) as Keras stores it, through im2col + GEMM. */
+#include <string.h>
+
 #include "core/alloc.h"
 #include "core/error.h"
 #include "layers/conv_common.h"
@@ -63,20 +65,61 @@ static graft_conv_geom conv2d_geom(const graft__layer *layer, const graft__shape
     return g;
 }
 
+/* The im2col buffer, then (for a non-linear fused activation) room for dy * f'. */
 static size_t conv2d_scratch(const graft__layer *layer, int n_inputs, const graft__shape *in,
                              const graft__shape *out, int64_t batch)
 {
+    const conv2d_config *c = layer->config;
     graft_conv_geom g = conv2d_geom(layer, &in[0], batch);
-    return graft_f32_conv2d_scratch_bytes(&g);
+    size_t im2col = (graft_f32_conv2d_scratch_bytes(&g) + 63) / 64 * 64;
+    return im2col + (c->act == GRAFT__ACT_LINEAR ? 0 : sizeof(float) * (size_t)(batch * graft__shape_elems(out)));
+}
+
+static size_t conv2d_saved(const graft__layer *layer, const graft__shape *out, int64_t batch)
+{
+    const conv2d_config *c = layer->config;
+    return graft__activation_derivative_from_output(c->act)
+               ? 0
+               : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
 }
 
 static void conv2d_forward(const graft__layer *layer, const graft__forward_args *a)
 {
     const conv2d_config *c = layer->config;
     graft_conv_geom g = conv2d_geom(layer, &a->in_shapes[0], a->batch);
+    int64_t rows = a->batch * g.out_h * g.out_w;
     graft_f32_conv2d__gemm(&g, a->inputs[0], layer->weights[0].data,
                            c->use_bias ? layer->weights[1].data : NULL, a->output, a->scratch);
-    graft__activation_apply(c->act, a->output, a->batch * g.out_h * g.out_w, g.out_c);
+    if (a->logits)
+        return;
+    if (a->saved && !graft__activation_derivative_from_output(c->act))
+        memcpy(a->saved, a->output, sizeof(float) * (size_t)(rows * g.out_c));
+    graft__activation_apply(c->act, a->output, rows, g.out_c);
+}
+
+static void conv2d_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const conv2d_config *c = layer->config;
+    graft_conv_geom g = conv2d_geom(layer, &a->in_shapes[0], a->batch);
+    int64_t rows = a->batch * g.out_h * g.out_w;
+    float *im2col = a->scratch;
+    float *act_buf = (float *)((char *)a->scratch +
+                               (graft_f32_conv2d_scratch_bytes(&g) + 63) / 64 * 64);
+    const float *dy = a->logits ? a->d_output
+                                : graft__activation_grad(c->act, a->saved, a->output, a->d_output,
+                                                         act_buf, rows, g.out_c);
+    if (a->d_weights[0])
+        graft_f32_conv2d_backward_weight__gemm(&g, a->inputs[0], dy, a->d_weights[0], im2col);
+    if (c->use_bias && a->d_weights[1])
+        graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
+    if (a->d_inputs[0])
+        graft_f32_conv2d_backward_input__gemm(&g, dy, layer->weights[0].data, a->d_inputs[0],
+                                              im2col);
+}
+
+static graft__activation conv2d_output_activation(const graft__layer *layer)
+{
+    return ((const conv2d_config *)layer->config)->act;
 }
 
 const graft__layer_ops graft__conv2d_layer_ops = {
@@ -85,4 +128,7 @@ const graft__layer_ops graft__conv2d_layer_ops = {
     .infer = conv2d_infer,
     .scratch_bytes = conv2d_scratch,
     .forward = conv2d_forward,
+    .saved_bytes = conv2d_saved,
+    .backward = conv2d_backward,
+    .output_activation = conv2d_output_activation,
 };

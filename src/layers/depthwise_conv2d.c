@@ -1,4 +1,6 @@
 /* DepthwiseConv2D: kernel (KH, KW, Cin, M); output channel c*M + m. */
+#include <string.h>
+
 #include "core/alloc.h"
 #include "core/error.h"
 #include "layers/conv_common.h"
@@ -50,20 +52,64 @@ static graft_status depthwise_infer(graft__layer *layer, int n_inputs, const gra
     return graft__shape_make(out, 3, odims, layer->name);
 }
 
-static void depthwise_forward(const graft__layer *layer, const graft__forward_args *a)
+static graft_conv_geom depthwise_geom(const graft__layer *layer, const graft__shape *in,
+                                      int64_t batch)
 {
     const depthwise_config *c = layer->config;
     graft_conv_geom g;
-    graft__window_geom(&c->window, &a->in_shapes[0], a->batch, &g, layer->name);
+    graft__window_geom(&c->window, in, batch, &g, layer->name);
     g.out_c = g.in_c * c->multiplier;
+    return g;
+}
+
+static void depthwise_forward(const graft__layer *layer, const graft__forward_args *a)
+{
+    const depthwise_config *c = layer->config;
+    graft_conv_geom g = depthwise_geom(layer, &a->in_shapes[0], a->batch);
+    int64_t rows = a->batch * g.out_h * g.out_w;
     graft_f32_dwconv2d_parallel(&g, a->inputs[0], layer->weights[0].data,
                                 c->use_bias ? layer->weights[1].data : NULL, a->output);
-    graft__activation_apply(c->act, a->output, a->batch * g.out_h * g.out_w, g.out_c);
+    if (a->saved && !graft__activation_derivative_from_output(c->act))
+        memcpy(a->saved, a->output, sizeof(float) * (size_t)(rows * g.out_c));
+    graft__activation_apply(c->act, a->output, rows, g.out_c);
+}
+
+static size_t depthwise_scratch(const graft__layer *layer, int n_inputs, const graft__shape *in,
+                                const graft__shape *out, int64_t batch)
+{
+    const depthwise_config *c = layer->config;
+    return c->act == GRAFT__ACT_LINEAR ? 0 : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
+}
+
+static size_t depthwise_saved(const graft__layer *layer, const graft__shape *out, int64_t batch)
+{
+    const depthwise_config *c = layer->config;
+    return graft__activation_derivative_from_output(c->act)
+               ? 0
+               : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
+}
+
+static void depthwise_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    const depthwise_config *c = layer->config;
+    graft_conv_geom g = depthwise_geom(layer, &a->in_shapes[0], a->batch);
+    int64_t rows = a->batch * g.out_h * g.out_w;
+    const float *dy = graft__activation_grad(c->act, a->saved, a->output, a->d_output, a->scratch,
+                                             rows, g.out_c);
+    if (a->d_weights[0])
+        graft_f32_dwconv2d_backward_weight_parallel(&g, a->inputs[0], dy, a->d_weights[0]);
+    if (c->use_bias && a->d_weights[1])
+        graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
+    if (a->d_inputs[0])
+        graft_f32_dwconv2d_backward_input_parallel(&g, dy, layer->weights[0].data, a->d_inputs[0]);
 }
 
 const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .class_name = "DepthwiseConv2D",
     .parse = depthwise_parse,
     .infer = depthwise_infer,
+    .scratch_bytes = depthwise_scratch,
     .forward = depthwise_forward,
+    .saved_bytes = depthwise_saved,
+    .backward = depthwise_backward,
 };

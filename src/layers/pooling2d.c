@@ -38,11 +38,28 @@ static void average_pooling_forward(const graft__layer *layer, const graft__forw
     graft_f32_avgpool2d_parallel(&g, a->inputs[0], a->output);
 }
 
+static void max_pooling_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    graft_conv_geom g;
+    graft__window_geom(layer->config, &a->in_shapes[0], a->batch, &g, layer->name);
+    if (a->d_inputs[0])
+        graft_f32_maxpool2d_backward_parallel(&g, a->inputs[0], a->d_output, a->d_inputs[0]);
+}
+
+static void average_pooling_backward(const graft__layer *layer, const graft__backward_args *a)
+{
+    graft_conv_geom g;
+    graft__window_geom(layer->config, &a->in_shapes[0], a->batch, &g, layer->name);
+    if (a->d_inputs[0])
+        graft_f32_avgpool2d_backward_parallel(&g, a->d_output, a->d_inputs[0]);
+}
+
 const graft__layer_ops graft__max_pooling2d_layer_ops = {
     .class_name = "MaxPooling2D",
     .parse = pooling_parse,
     .infer = pooling_infer,
     .forward = max_pooling_forward,
+    .backward = max_pooling_backward,
 };
 
 const graft__layer_ops graft__average_pooling2d_layer_ops = {
@@ -50,4 +67,5 @@ const graft__layer_ops graft__average_pooling2d_layer_ops = {
     .parse = pooling_parse,
     .infer = pooling_infer,
     .forward = average_pooling_forward,
+    .backward = average_pooling_backward,
 };
