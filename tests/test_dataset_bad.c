@@ -466,6 +466,121 @@ static void test_bad_idx(void **state)
     assert_null(ds);
 }
 
+/* ---- out of memory ------------------------------------------------------------------------- */
+
+static long alloc_count, fail_at;
+static void *failing_malloc(size_t n)
+{
+    return __atomic_fetch_add(&alloc_count, 1, __ATOMIC_RELAXED) == fail_at ? NULL : malloc(n);
+}
+static void *failing_realloc(void *p, size_t n)
+{
+    return __atomic_fetch_add(&alloc_count, 1, __ATOMIC_RELAXED) == fail_at ? NULL
+                                                                            : realloc(p, n);
+}
+static const graft_allocator failing = {failing_malloc, failing_realloc, free};
+
+typedef graft_status (*operation)(void);
+
+/* Runs op with the 1st, 2nd, ... allocation failing until it runs without a
+ * failure: every run must succeed (a failure absorbed, as a cache entry not
+ * kept) or return GRAFT_E_NOMEM with a message; ASan checks for leaks.
+ * Returns how many allocations op makes. */
+static long under_failures(operation op)
+{
+    for (fail_at = 0;; ++fail_at) {
+        alloc_count = 0;
+        graft_set_allocator(&failing);
+        graft_status rc = op();
+        graft_set_allocator(NULL);
+        if (rc != GRAFT_OK && rc != GRAFT_E_NOMEM)
+            fail_msg("allocation %ld failing: status %d, %s", fail_at, rc, graft_last_error());
+        if (rc == GRAFT_E_NOMEM && !*graft_last_error())
+            fail_msg("allocation %ld failing: no message", fail_at);
+        if (rc == GRAFT_OK && alloc_count <= fail_at)
+            return alloc_count;
+        assert_true(fail_at < 100000);
+    }
+}
+
+static int64_t check_mode;
+static const char *check_path;
+static int64_t want_count;
+
+static graft_status open_and_free(void)
+{
+    graft_dataset_options o = small_options();
+    graft_dataset *ds = NULL;
+    graft_status rc = graft__dataset_open_ex(check_path, &o, check_mode, &ds);
+    if (rc == GRAFT_OK)
+        assert_int_equal(graft_dataset_count(ds), want_count);
+    else
+        assert_null(ds);
+    graft_dataset_free(ds);
+    return rc;
+}
+
+static graft_dataset *victim;
+
+static graft_status use_dataset(void)
+{
+    graft_dataset *train = NULL, *val = NULL, *sample = NULL;
+    graft_status rc = graft_dataset_split(victim, 0.5, 3, &train, &val);
+    if (rc == GRAFT_OK)
+        rc = graft_dataset_sample_per_class(train, 1, 3, &sample);
+    float w[2], x[2 * 8 * 8 * 3];
+    if (rc == GRAFT_OK)
+        rc = graft_dataset_class_weights(sample, w);
+    const int64_t idx[2] = {0, 1};
+    if (rc == GRAFT_OK)
+        rc = graft_dataset_load(val, idx, 2, NULL, 0, x, NULL);
+    if (rc == GRAFT_OK) {
+        graft_batch_source src = graft_dataset_source(train, NULL);
+        rc = src.fill ? src.fill(src.user, idx, 2, 1, x, NULL) : GRAFT_E_NOMEM;
+    }
+    const char *names[2] = {"one", "two"};
+    if (rc == GRAFT_OK)
+        rc = graft_dataset_set_class_names(victim, names, 2);
+    graft_dataset_free(sample);
+    graft_dataset_free(train);
+    graft_dataset_free(val);
+    return rc;
+}
+
+static void test_out_of_memory(void **state)
+{
+    (void)state;
+    const int before = omp_get_max_threads();
+    omp_set_num_threads(1);
+    two_good_classes();
+    write_text(at("root/b/bad.png"), "text");
+    make_dirs(at("root/c"));
+    assert_int_equal(symlink("..", at("root/a/up")), 0);
+    write_text(at("list.csv"), "path,label\nroot/a/1.png,a\nroot/b/1.jpg,b\nroot/b/x.png\n");
+    const unsigned char labels[4] = {0, 1, 1, 0};
+    write_idx_pair(at("t-images-idx3-ubyte.gz"), at("t-labels-idx1-ubyte.gz"), 4, 8, 8, labels);
+
+    check_path = at("root");
+    want_count = 4;
+    check_mode = INT64_MAX;
+    assert_true(under_failures(open_and_free) > 10);
+    check_mode = 0;
+    assert_true(under_failures(open_and_free) > 10);
+    check_path = at("list.csv");
+    want_count = 2;
+    assert_true(under_failures(open_and_free) > 5);
+    check_path = at("t-images-idx3-ubyte.gz");
+    want_count = 4;
+    assert_true(under_failures(open_and_free) > 5);
+
+    graft_dataset_options o = small_options();
+    o.cache_bytes = 0;
+    assert_int_equal(graft_dataset_open(at("root"), &o, &victim), GRAFT_OK);
+    assert_true(under_failures(use_dataset) > 10);
+    graft_dataset_free(victim);
+    omp_set_num_threads(before);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup(name, fresh_scratch)
@@ -484,6 +599,7 @@ int main(void)
         T(test_bad_list_rows),
         T(test_load_names_first_failure),
         T(test_bad_idx),
+        T(test_out_of_memory),
     };
     return cmocka_run_group_tests(tests, make_scratch, remove_scratch);
 }

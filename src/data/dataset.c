@@ -170,33 +170,46 @@ static graft_status need_two_classes(const graft__ds_store *s, const char *path)
 
 /* Checks entries [0, s->count) of a store whose paths are the listing's, each
  * in full (decode and fit, filling the cache) or by its header; errors[i] gets
- * the message of a failed one. */
+ * the message of a failed one. Running out of memory is no fault of a file: it
+ * fails the open (with the first such message in listing order). */
 static graft_status check_entries(graft__ds_store *s, const char *path, int full, char **errors)
 {
     const int64_t n = s->count;
     int threads = graft__ds_threads(s);
     if (threads > n)
         threads = n > 0 ? (int)n : 1;
-    int oom = 0;
+    int64_t oom = n; /* first entry that ran out of memory; -1: a buffer of ours */
 #pragma omp parallel num_threads(threads)
     {
         float *buf = full ? graft__malloc(s->image_bytes * sizeof(float)) : NULL;
-        if (full && !buf)
-            __atomic_store_n(&oom, 1, __ATOMIC_RELAXED);
+        if (full && !buf) {
+#pragma omp critical(graft_dataset_check_oom)
+            __atomic_store_n(&oom, -1, __ATOMIC_RELAXED);
+        }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < n; ++i) {
-            if (errors[i] || s->labels[i] < 0 || __atomic_load_n(&oom, __ATOMIC_RELAXED))
+            if (errors[i] || s->labels[i] < 0 || __atomic_load_n(&oom, __ATOMIC_RELAXED) < i)
                 continue;
             graft_status rc = full ? graft__ds_check_file(s->paths[i])
                                    : graft__image_probe(s->paths[i]);
             if (rc == GRAFT_OK && full)
                 rc = graft__ds_fitted(s, i, buf);
-            if (rc != GRAFT_OK && !(errors[i] = graft__strdup(graft_last_error())))
-                __atomic_store_n(&oom, 1, __ATOMIC_RELAXED);
+            if (rc == GRAFT_OK)
+                continue;
+            errors[i] = graft__strdup(graft_last_error());
+            if (rc == GRAFT_E_NOMEM || !errors[i]) {
+#pragma omp critical(graft_dataset_check_oom)
+                if (i < __atomic_load_n(&oom, __ATOMIC_RELAXED))
+                    __atomic_store_n(&oom, i, __ATOMIC_RELAXED);
+            }
         }
         graft__free(buf);
     }
-    return oom ? nomem(path) : GRAFT_OK;
+    if (oom < 0)
+        return nomem(path);
+    if (oom < n)
+        return errors[oom] ? graft__fail(GRAFT_E_NOMEM, "%s", errors[oom]) : nomem(path);
+    return GRAFT_OK;
 }
 
 /* Drops classes without images, renumbering labels; one message each. */
