@@ -326,60 +326,93 @@ typedef struct graft_dataset_options {
     int64_t height, width;        /* size every image is resized to (the model input) */
     graft_resize_mode resize;
     graft_preprocess preprocess;
-    size_t cache_bytes;           /* keep decoded images (uint8) in RAM up to this budget;
-                                   * default 1 GiB, 0 = decode every time */
-    int threads;                  /* decoding threads, 0 = all cores */
+    size_t cache_bytes;           /* keep decoded, resized images (uint8) in RAM up to this
+                                   * budget; default 1 GiB, 0 = decode every time. Images
+                                   * are rounded to uint8 either way, so the budget never
+                                   * changes a result. */
+    int threads;                  /* decoding threads, 0 = graft_threads() */
 } graft_dataset_options;
 
 void graft_dataset_options_defaults(graft_dataset_options *options);
 
 /* Opens labelled images from:
- *  - a folder tree ROOT/<class>/<image> (classes sorted by name, as Keras's
- *    image_dataset_from_directory; images in nested folders of a class count too);
+ *  - a folder tree ROOT/<class>/<image> (classes sorted by name with strcmp, as
+ *    Keras's image_dataset_from_directory; images in nested folders of a class count
+ *    too; only .jpg/.jpeg/.png names, any case; hidden names skipped; symbolic links
+ *    followed, loops not);
  *  - a .csv or .tsv list of "path,label" rows (paths relative to the list; a header
- *    row "path,label" is allowed; labels are class names, sorted);
+ *    row such as "path,label" is allowed and may name the columns; RFC 4180 quoting;
+ *    labels are class names, sorted with strcmp);
  *  - an IDX images file (MNIST/Fashion-MNIST format, raw or .gz) whose labels file
  *    sits beside it (name with "images-idx3" replaced by "labels-idx1"); grey images
- *    become RGB, classes are "0".."9" until graft_dataset_set_class_names.
+ *    become RGB, classes are "0".."max label" until graft_dataset_set_class_names.
+ * options may be NULL for the defaults. Files are checked at open: up to 5000 are
+ * decoded in full (in parallel, filling the cache); more get a header check only,
+ * and a file that then fails to decode fails graft_dataset_load, naming it.
  * Unreadable, corrupt or empty image files are skipped, counted and reported by
- * graft_dataset_skipped(); opening fails only when fewer than two classes have images. */
+ * graft_dataset_skipped(); folder and list classes left without images are dropped
+ * (graft_dataset_message() says so); opening fails with GRAFT_E_FORMAT only when
+ * fewer than two classes have images. */
 graft_status graft_dataset_open(const char *path, const graft_dataset_options *options,
                                 graft_dataset **out);
 void graft_dataset_free(graft_dataset *dataset);
 
 int64_t graft_dataset_count(const graft_dataset *dataset);
+/* Classes of the opened dataset; a split part or sample has the same classes. */
 int64_t graft_dataset_class_count(const graft_dataset *dataset);
+/* NULL when out of range; valid until the names are set again. */
 const char *graft_dataset_class_name(const graft_dataset *dataset, int64_t class_index);
+/* Renames the n == class_count classes (copied), for the opened dataset and every
+ * part or sample of it alike. */
 graft_status graft_dataset_set_class_names(graft_dataset *dataset, const char *const *names,
                                            int64_t n);
+/* -1 when out of range. */
 int32_t graft_dataset_label(const graft_dataset *dataset, int64_t index);
-/* The image's file (or "file#index" inside an IDX file). */
+/* The image's file (or "file#index" inside an IDX file); NULL when out of range. */
 const char *graft_dataset_path(const graft_dataset *dataset, int64_t index);
 /* Images per class, (class_count) entries. */
 void graft_dataset_class_counts(const graft_dataset *dataset, int64_t *counts);
+/* Classes with fewer than min_count images (5 is a sensible warning threshold:
+ * too few to learn from and to validate on): how many, and their indices into
+ * classes (room for class_count entries) when it is not NULL. */
+int64_t graft_dataset_small_classes(const graft_dataset *dataset, int64_t min_count,
+                                    int64_t *classes);
 /* Files skipped as unreadable, and the message of the first one ("" if none). */
 int64_t graft_dataset_skipped(const graft_dataset *dataset, const char **first_message);
+/* Every message from opening, one line each naming the file or folder and the
+ * reason: skipped files, dropped classes, link loops, unreadable folders. */
+int64_t graft_dataset_message_count(const graft_dataset *dataset);
+const char *graft_dataset_message(const graft_dataset *dataset, int64_t index);
 
-/* Stratified, seeded split: each class contributes round(fraction * its count)
- * images (at least one when it has two or more) to val. The parts share storage
- * with the parent and must be freed before it. */
+/* Stratified, seeded split (0 < val_fraction < 1): each class contributes
+ * round(fraction * its count) images to val, at least one when it has two or more
+ * and never all of them. Same dataset and seed, same split. Both parts keep the
+ * parent's order. Parts and samples share storage with the parent, counted: they
+ * may be freed in any order. */
 graft_status graft_dataset_split(const graft_dataset *dataset, double val_fraction, uint64_t seed,
                                  graft_dataset **train, graft_dataset **val);
-/* The first k images of each class in a seeded shuffle (all of a class with fewer). */
+/* The first k images of each class in a seeded shuffle (all of a class with fewer);
+ * a larger k with the same seed gives a superset. */
 graft_status graft_dataset_sample_per_class(const graft_dataset *dataset, int64_t k, uint64_t seed,
                                             graft_dataset **out);
-/* Keras-style balanced weights: total / (classes * count of the class). */
+/* Keras/sklearn 'balanced' weights: total / (classes present * count of the class);
+ * 0 for a class without images. (class_count) entries. */
 graft_status graft_dataset_class_weights(const graft_dataset *dataset, float *weights);
 
 /* Decodes, resizes, augments (aug may be NULL) and preprocesses images
  * indices[0..n) into x (n, height, width, 3), labels into labels (may be NULL);
  * in parallel, the result independent of the thread count. seed selects the
- * augmentation draw (graft_train passes the epoch). */
+ * augmentation draw (graft_train passes the epoch); each image's draw depends on
+ * seed and the image, not its place in the batch. mixup and cutmix are batch
+ * level and not applied here. A file that cannot be decoded fails the call with a
+ * message naming it. */
 graft_status graft_dataset_load(graft_dataset *dataset, const int64_t *indices, int64_t n,
                                 const graft_augment *aug, uint64_t seed, float *x,
                                 int32_t *labels);
 
-/* A graft_batch_source over the dataset with this augmentation (copied; NULL = none). */
+/* A graft_batch_source over the dataset with this augmentation (copied; NULL = none);
+ * its fill passes the epoch as graft_dataset_load's seed. Valid while the dataset
+ * lives. Out of memory gives count 0 and fill NULL (graft_last_error() says why). */
 graft_batch_source graft_dataset_source(graft_dataset *dataset, const graft_augment *aug);
 
 /* ---- the transfer-learning recipe ------------------------------------------------ */
