@@ -7,6 +7,9 @@ enum { CLI_OK = 0, CLI_BAD_INPUT = 1, CLI_BAD_USAGE = 2 };
 
 int cli_inspect(int argc, char **argv);
 int cli_predict(int argc, char **argv);
+int cli_train(int argc, char **argv);
+int cli_evaluate(int argc, char **argv);
+int cli_demo(int argc, char **argv);
 
 /* Prints "graft: <message>" once on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -14,8 +14,11 @@ static const char usage[] =
     "Transfer learning for small image datasets, on a CPU.\n"
     "\n"
     "commands:\n"
-    "  inspect MODEL_DIR           print the model's layers, output shapes and parameters\n"
+    "  demo                        few-shot Fashion-MNIST on the default base, end to end\n"
+    "  train DATA -o OUT           fit a classifier on labelled images by transfer learning\n"
+    "  evaluate MODEL DATA         accuracy, per-class metrics and confusion matrix\n"
     "  predict MODEL_DIR IMAGE...  classify JPEG/PNG images (or folders of them)\n"
+    "  inspect MODEL_DIR           print the model's layers, output shapes and parameters\n"
     "\n"
     "options:\n"
     "  -h, --help                  show this help; 'graft COMMAND --help' shows a command's\n"
@@ -71,6 +74,12 @@ int main(int argc, char **argv)
         return cli_inspect(argc - 1, argv + 1);
     if (strcmp(cmd, "predict") == 0)
         return cli_predict(argc - 1, argv + 1);
+    if (strcmp(cmd, "train") == 0)
+        return cli_train(argc - 1, argv + 1);
+    if (strcmp(cmd, "evaluate") == 0)
+        return cli_evaluate(argc - 1, argv + 1);
+    if (strcmp(cmd, "demo") == 0)
+        return cli_demo(argc - 1, argv + 1);
     cli_error("unknown command '%s' (see graft --help)", cmd);
     return CLI_BAD_USAGE;
 }

@@ -159,4 +159,7 @@ graft_status graft__ds_fitted(graft__ds_store *store, int64_t item, float *out);
 /* Threads for decoding: options.threads, or OpenMP's default when 0. */
 int graft__ds_threads(const graft__ds_store *store);
 
+/* The height and width images are fitted to. */
+void graft__dataset_size(const graft_dataset *ds, int64_t *height, int64_t *width);
+
 #endif

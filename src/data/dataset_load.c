@@ -205,3 +205,9 @@ graft_batch_source graft_dataset_source(graft_dataset *ds, const graft_augment *
     b.user = src;
     return b;
 }
+
+void graft__dataset_size(const graft_dataset *ds, int64_t *height, int64_t *width)
+{
+    *height = ds->store->options.height;
+    *width = ds->store->options.width;
+}

@@ -1,0 +1,315 @@
+#include "cli/options.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+#ifndef GRAFT_DEFAULT_MODELS
+#define GRAFT_DEFAULT_MODELS "models"
+#endif
+
+const char *default_base(void)
+{
+    const char *env = getenv("GRAFT_BASE");
+    return env && *env ? env : GRAFT_DEFAULT_MODELS "/mobilenet_v2";
+}
+
+const char train_options_help[] =
+    "model:\n"
+    "  --base DIR              pretrained base (default: the MobileNetV2 set-up installs)\n"
+    "  --cut LAYER             feature layer to cut at (default: the last spatial one, e.g. out_relu)\n"
+    "  --size S                train at SxS pixels (default: the base's input size)\n"
+    "  --dropout P             dropout before the new classifier (default 0.2)\n"
+    "  --preprocess MODE       mobilenet (default), inception, torch, caffe, none or unit\n"
+    "  --resize MODE           stretch (default), crop or pad\n"
+    "data:\n"
+    "  --val DIR               validation data (default: a stratified split of DATA)\n"
+    "  --val-split F           fraction held out for validation (default 0.2)\n"
+    "  --augment LIST          e.g. flip,rotation=0.05,zoom=0.1 (default), or none; keys:\n"
+    "                          flip, vflip, rotation, zoom, translate, crop, brightness,\n"
+    "                          contrast, saturation, hue, erasing\n"
+    "  --cache-views K         augmented views cached for frozen layers (default 4)\n"
+    "phase 1 (frozen base, new head):\n"
+    "  --epochs N              maximum epochs (default 30)\n"
+    "  --lr X                  learning rate (default 1e-3)\n"
+    "  --batch N               batch size (default 32)\n"
+    "  --patience N            early-stopping patience on val loss (default 5; 0 = off)\n"
+    "phase 2 (fine-tuning):\n"
+    "  --no-fine-tune          skip phase 2\n"
+    "  --fine-tune-at LAYER    first layer to unfreeze (default: picked and printed)\n"
+    "  --fine-tune-epochs N    maximum epochs (default 10)\n"
+    "  --fine-tune-lr X        learning rate (default 1e-5)\n"
+    "  --layer-decay D         per-layer learning-rate decay from the top (default off)\n"
+    "both phases:\n"
+    "  --optimizer NAME        adam (default), adamw or sgd\n"
+    "  --weight-decay X        weight decay (default 0)\n"
+    "  --l2-sp X               L2-SP penalty towards the pretrained weights (default 0)\n"
+    "  --label-smoothing X     (default 0.1)\n"
+    "  --seed N                (default 0): same seed and threads, same model\n"
+    "  --threads N             compute threads (default: all cores)\n"
+    "  --config FILE.json      the same settings as a JSON object (keys without dashes)\n"
+    "output:\n"
+    "  --json                  one JSON object per epoch and one at the end\n"
+    "  --quiet                 only errors\n";
+
+void train_options_defaults(train_options *o)
+{
+    memset(o, 0, sizeof *o);
+    graft_recipe_defaults(&o->recipe);
+    o->base = default_base();
+    o->val_split = 0.2;
+    snprintf(o->optimizer, sizeof o->optimizer, "adam");
+}
+
+static int parse_double(const char *opt, const char *text, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = text ? strtod(text, &end) : 0.0;
+    if (!text || errno || *end) {
+        cli_error("%s needs a number, got '%s'", opt, text ? text : "");
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+static int set_optimizer(train_options *o, const char *name)
+{
+    graft_optimizer opt;
+    if (!strcmp(name, "adam"))
+        opt = GRAFT_OPTIMIZER_ADAM;
+    else if (!strcmp(name, "adamw"))
+        opt = GRAFT_OPTIMIZER_ADAMW;
+    else if (!strcmp(name, "sgd"))
+        opt = GRAFT_OPTIMIZER_SGD;
+    else {
+        cli_error("--optimizer: unknown optimizer '%s' (adam, adamw or sgd)", name);
+        return 0;
+    }
+    o->recipe.phase1.optimizer = o->recipe.phase2.optimizer = opt;
+    snprintf(o->optimizer, sizeof o->optimizer, "%s", name);
+    return 1;
+}
+
+/* "flip,rotation=0.1,zoom=0.2" or "none". */
+static int parse_augment(graft_augment *a, const char *text)
+{
+    memset(a, 0, sizeof *a);
+    if (!strcmp(text, "none"))
+        return 1;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", text);
+    for (char *save = NULL, *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        double v = 1.0;
+        if (eq) {
+            *eq = '\0';
+            if (!parse_double("--augment", eq + 1, &v))
+                return 0;
+        }
+        if (!strcmp(item, "flip")) a->flip_horizontal = v != 0.0;
+        else if (!strcmp(item, "vflip")) a->flip_vertical = v != 0.0;
+        else if (!strcmp(item, "rotation")) a->rotation = v;
+        else if (!strcmp(item, "zoom")) a->zoom = v;
+        else if (!strcmp(item, "translate")) a->translate = v;
+        else if (!strcmp(item, "crop")) a->crop_scale = v;
+        else if (!strcmp(item, "brightness")) a->brightness = v;
+        else if (!strcmp(item, "contrast")) a->contrast = v;
+        else if (!strcmp(item, "saturation")) a->saturation = v;
+        else if (!strcmp(item, "hue")) a->hue = v;
+        else if (!strcmp(item, "erasing")) a->erasing = v;
+        else {
+            cli_error("--augment: unknown augmentation '%s'", item);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* One option by name with its value (from argv or from --config). */
+static int apply(train_options *o, const char *name, const char *value)
+{
+    graft_recipe *r = &o->recipe;
+    double d = 0.0;
+    long l = 0;
+#define NUMBER(field) (parse_double(name, value, &d) ? ((field) = d, 1) : -1)
+#define COUNT(field) (cli_parse_positive(name, value, &l) ? ((field) = (int)l, 1) : -1)
+    if (!strcmp(name, "--base")) return (o->base = value) ? 1 : -1;
+    if (!strcmp(name, "--val")) return (o->val = value) ? 1 : -1;
+    if (!strcmp(name, "--cut"))
+        return value ? (snprintf(o->cut, sizeof o->cut, "%s", value), r->cut = o->cut, 1) : -1;
+    if (!strcmp(name, "--fine-tune-at"))
+        return value ? (snprintf(o->fine_tune_at, sizeof o->fine_tune_at, "%s", value),
+                        r->fine_tune_at = o->fine_tune_at, 1) : -1;
+    if (!strcmp(name, "--size")) return cli_parse_positive(name, value, &l) ? (o->size = l, 1) : -1;
+    if (!strcmp(name, "--dropout")) return NUMBER(r->dropout);
+    if (!strcmp(name, "--val-split")) return NUMBER(o->val_split);
+    if (!strcmp(name, "--cache-views")) return COUNT(r->cache_views);
+    if (!strcmp(name, "--epochs")) return COUNT(r->phase1.epochs);
+    if (!strcmp(name, "--lr")) return NUMBER(r->phase1.learning_rate);
+    if (!strcmp(name, "--patience")) return COUNT(r->phase1.patience);
+    if (!strcmp(name, "--fine-tune-epochs")) return COUNT(r->phase2.epochs);
+    if (!strcmp(name, "--fine-tune-lr")) return NUMBER(r->phase2.learning_rate);
+    if (!strcmp(name, "--seed"))
+        return cli_parse_positive(name, value, &l) ? (r->seed = (uint64_t)l, 1) : -1;
+    if (!strcmp(name, "--threads")) return cli_parse_positive(name, value, &o->threads) ? 1 : -1;
+    if (!strcmp(name, "--batch")) {
+        if (!cli_parse_positive(name, value, &l) || l < 1)
+            return -1;
+        r->phase1.batch_size = r->phase2.batch_size = l;
+        return 1;
+    }
+    if (!strcmp(name, "--layer-decay")) {
+        if (!parse_double(name, value, &d))
+            return -1;
+        r->phase2.layer_lr = GRAFT_LAYER_LR_DECAY;
+        r->phase2.layer_decay = d;
+        return 1;
+    }
+    if (!strcmp(name, "--weight-decay") || !strcmp(name, "--l2-sp") ||
+        !strcmp(name, "--label-smoothing")) {
+        if (!parse_double(name, value, &d))
+            return -1;
+        double *f1 = !strcmp(name, "--weight-decay") ? &r->phase1.weight_decay
+                     : !strcmp(name, "--l2-sp")      ? &r->phase1.l2_sp
+                                                     : &r->phase1.label_smoothing;
+        double *f2 = !strcmp(name, "--weight-decay") ? &r->phase2.weight_decay
+                     : !strcmp(name, "--l2-sp")      ? &r->phase2.l2_sp
+                                                     : &r->phase2.label_smoothing;
+        *f1 = *f2 = d;
+        return 1;
+    }
+    if (!strcmp(name, "--optimizer")) return value && set_optimizer(o, value) ? 1 : -1;
+    if (!strcmp(name, "--augment")) return value && parse_augment(&r->augment, value) ? 1 : -1;
+    if (!strcmp(name, "--preprocess"))
+        return value && graft_preprocess_parse(value, &o->preprocess) == GRAFT_OK
+                   ? 1 : (cli_error("--preprocess: %s", graft_last_error()), -1);
+    if (!strcmp(name, "--resize"))
+        return value && graft_resize_mode_parse(value, &o->resize) == GRAFT_OK
+                   ? 1 : (cli_error("--resize: %s", graft_last_error()), -1);
+#undef NUMBER
+#undef COUNT
+    return 0;
+}
+
+int train_options_parse(train_options *o, int argc, char **argv, int *i)
+{
+    const char *a = argv[*i];
+    if (!strcmp(a, "--no-fine-tune")) {
+        o->recipe.fine_tune = 0;
+        return 1;
+    }
+    if (!strcmp(a, "--json")) {
+        o->json = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--quiet")) {
+        o->quiet = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--config")) {
+        if (*i + 1 >= argc) {
+            cli_error("--config needs a file");
+            return -1;
+        }
+        (*i)++;
+        return train_options_load_json(o, argv[*i]) ? 1 : -1;
+    }
+    const char *value = *i + 1 < argc ? argv[*i + 1] : NULL;
+    int r = apply(o, a, value);
+    if (r == 1)
+        (*i)++;
+    if (r < 0 && !value)
+        cli_error("%s needs a value", a);
+    return r;
+}
+
+int train_options_load_json(train_options *o, const char *path)
+{
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!json_is_object(root)) {
+        cli_error("%s: line %d: %s", path, err.line, root ? "not a JSON object" : err.text);
+        json_decref(root);
+        return 0;
+    }
+    const char *key;
+    json_t *v;
+    int ok = 1;
+    json_object_foreach(root, key, v)
+    {
+        char name[128], value[512];
+        const char *text = value;
+        snprintf(name, sizeof name, "--%s", key);
+        for (char *p = name + 2; *p; p++)
+            *p = *p == '_' ? '-' : *p;
+        if (json_is_string(v))
+            text = json_string_value(v); /* lives as long as root, which is kept */
+        else if (json_is_integer(v))
+            snprintf(value, sizeof value, "%lld", (long long)json_integer_value(v));
+        else if (json_is_real(v))
+            snprintf(value, sizeof value, "%.17g", json_real_value(v));
+        else if (json_is_boolean(v) && !strcmp(key, "fine_tune")) {
+            o->recipe.fine_tune = json_is_true(v);
+            continue;
+        } else {
+            cli_error("%s: '%s' has an unsupported value type", path, key);
+            ok = 0;
+            break;
+        }
+        int r = apply(o, name, text);
+        if (r == 0)
+            cli_error("%s: unknown setting '%s'", path, key);
+        if (r != 1) {
+            ok = 0;
+            break;
+        }
+    }
+    /* The strings must outlive the JSON object: keep it (a handful of bytes). */
+    if (!ok)
+        json_decref(root);
+    return ok;
+}
+
+static json_t *augment_json(const graft_augment *a)
+{
+    return json_pack("{s:b,s:b,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "flip", a->flip_horizontal,
+                     "vflip", a->flip_vertical, "rotation", a->rotation, "zoom", a->zoom,
+                     "translate", a->translate, "crop", a->crop_scale, "brightness", a->brightness,
+                     "contrast", a->contrast, "saturation", a->saturation, "hue", a->hue,
+                     "erasing", a->erasing);
+}
+
+json_t *train_options_to_json(const train_options *o, const graft_recipe_result *res)
+{
+    const graft_recipe *r = &o->recipe;
+    json_t *j = json_pack("{s:s,s:s,s:I,s:f,s:f,s:o,s:i,s:i,s:f,s:I,s:i}", "base", o->base, "cut",
+                          res->cut, "size", (json_int_t)o->size, "dropout", r->dropout, "val_split",
+                          o->val_split, "augment", augment_json(&r->augment), "cache_views",
+                          r->cache_views, "epochs", r->phase1.epochs, "lr",
+                          r->phase1.learning_rate, "batch", (json_int_t)r->phase1.batch_size,
+                          "patience", r->phase1.patience);
+    json_object_set_new(j, "fine_tune", json_boolean(r->fine_tune));
+    json_object_set_new(j, "fine_tune_at", json_string(res->fine_tune_at));
+    json_object_set_new(j, "fine_tune_epochs", json_integer(r->phase2.epochs));
+    json_object_set_new(j, "fine_tune_lr", json_real(r->phase2.learning_rate));
+    json_object_set_new(j, "optimizer", json_string(o->optimizer));
+    json_object_set_new(j, "weight_decay", json_real(r->phase1.weight_decay));
+    json_object_set_new(j, "l2_sp", json_real(r->phase1.l2_sp));
+    json_object_set_new(j, "label_smoothing", json_real(r->phase1.label_smoothing));
+    json_object_set_new(j, "seed", json_integer((json_int_t)r->seed));
+    if (o->val)
+        json_object_set_new(j, "val", json_string(o->val));
+    if (r->phase2.layer_lr == GRAFT_LAYER_LR_DECAY)
+        json_object_set_new(j, "layer_decay", json_real(r->phase2.layer_decay));
+    static const char *const preprocess[] = {"mobilenet", "inception", "torch", "caffe", "none",
+                                             "unit"};
+    static const char *const resize[] = {"stretch", "crop", "pad"};
+    json_object_set_new(j, "preprocess", json_string(preprocess[o->preprocess]));
+    json_object_set_new(j, "resize", json_string(resize[o->resize]));
+    return j;
+}

@@ -1,0 +1,344 @@
+#include "cli/run.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "cli/report.h"
+#include "data/dataset.h"
+
+enum { MAX_EPOCHS = 1024, MAX_WRONG = 12 };
+
+typedef struct progress {
+    const train_options *o;
+    int phase;                          /* 1 or 2 */
+    int n;
+    graft_epoch_metrics history[MAX_EPOCHS];
+    int phase2_first;                   /* index into history, -1 before phase 2 */
+    int max_epochs[3];
+} progress;
+
+static int on_epoch(const graft_epoch_metrics *e, void *user)
+{
+    progress *p = user;
+    if (e->epoch == 1 && p->n > 0 && p->phase == 1) {
+        p->phase = 2;
+        p->phase2_first = p->n;
+    }
+    if (p->n < MAX_EPOCHS)
+        p->history[p->n++] = *e;
+    if (p->o->quiet)
+        return 0;
+    if (p->o->json) {
+        printf("{\"event\":\"epoch\",\"phase\":%d,\"epoch\":%d,\"train_loss\":%.6g,"
+               "\"train_accuracy\":%.6g,\"val_loss\":%.6g,\"val_accuracy\":%.6g,"
+               "\"learning_rate\":%.6g,\"seconds\":%.3f,\"images_per_second\":%.1f,\"best\":%s}\n",
+               p->phase, e->epoch, e->train_loss, e->train_accuracy,
+               isnan(e->val_loss) ? -1.0 : e->val_loss, isnan(e->val_accuracy) ? -1.0 : e->val_accuracy,
+               e->learning_rate, e->seconds, e->images_per_second, e->best ? "true" : "false");
+    } else {
+        printf("phase %d epoch %2d/%d  loss %.4f  acc %.4f", p->phase, e->epoch,
+               p->max_epochs[p->phase], e->train_loss, e->train_accuracy);
+        if (!isnan(e->val_loss))
+            printf("  val_loss %.4f  val_acc %.4f%s", e->val_loss, e->val_accuracy,
+                   e->best ? " *" : "");
+        printf("  lr %.2g  %.0f img/s  %.1fs\n", e->learning_rate, e->images_per_second,
+               e->seconds);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+static json_t *history_json(const progress *p)
+{
+    json_t *list = json_array();
+    for (int i = 0; i < p->n; i++) {
+        const graft_epoch_metrics *e = &p->history[i];
+        json_t *row = json_pack("{s:i,s:i,s:f,s:f,s:f,s:f,s:f}", "phase",
+                                p->phase2_first >= 0 && i >= p->phase2_first ? 2 : 1, "epoch",
+                                e->epoch, "train_loss", e->train_loss, "train_accuracy",
+                                e->train_accuracy, "learning_rate", e->learning_rate, "seconds",
+                                e->seconds, "images_per_second", e->images_per_second);
+        if (!isnan(e->val_loss)) {
+            json_object_set_new(row, "val_loss", json_real(e->val_loss));
+            json_object_set_new(row, "val_accuracy", json_real(e->val_accuracy));
+        }
+        json_array_append_new(list, row);
+    }
+    return list;
+}
+
+static json_t *evaluation_json(const graft_evaluation *ev, graft_dataset *ds)
+{
+    int64_t k = ev->classes;
+    double *pr = calloc((size_t)k, sizeof(double)), *rc = calloc((size_t)k, sizeof(double));
+    double *f1 = calloc((size_t)k, sizeof(double));
+    int64_t *support = calloc((size_t)k, sizeof(int64_t));
+    report_class_metrics(ev->confusion, k, pr, rc, f1, support);
+    json_t *per_class = json_array(), *confusion = json_array();
+    for (int64_t c = 0; c < k; c++) {
+        const char *name = c < graft_dataset_class_count(ds) ? graft_dataset_class_name(ds, c) : "?";
+        json_array_append_new(per_class,
+                              json_pack("{s:s,s:f,s:f,s:f,s:I}", "class", name, "precision", pr[c],
+                                        "recall", rc[c], "f1", f1[c], "support",
+                                        (json_int_t)support[c]));
+        json_t *row = json_array();
+        for (int64_t j = 0; j < k; j++)
+            json_array_append_new(row, json_integer(ev->confusion[c * k + j]));
+        json_array_append_new(confusion, row);
+    }
+    free(pr);
+    free(rc);
+    free(f1);
+    free(support);
+    return json_pack("{s:I,s:f,s:f,s:f,s:o,s:o}", "count", (json_int_t)ev->count, "accuracy",
+                     ev->accuracy, "top5_accuracy", ev->top5_accuracy, "loss", ev->loss,
+                     "per_class", per_class, "confusion", confusion);
+}
+
+static int write_json_file(const char *dir, const char *name, json_t *j)
+{
+    char path[4096], tmp[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int ok = json_dump_file(j, tmp, JSON_INDENT(2)) == 0 && rename(tmp, path) == 0;
+    if (!ok) {
+        unlink(tmp);
+        cli_error("%s: cannot write", path);
+    }
+    return ok;
+}
+
+/* The most confident wrong predictions, most confident first. */
+static int pick_wrong(const graft_evaluation *ev, graft_dataset *ds, int64_t *out)
+{
+    int n = 0;
+    for (int64_t i = 0; i < ev->count; i++) {
+        if (ev->predicted[i] == graft_dataset_label(ds, i))
+            continue;
+        int at = n < MAX_WRONG ? n++ : MAX_WRONG;
+        if (at == MAX_WRONG && ev->probability[i] <= ev->probability[out[MAX_WRONG - 1]])
+            continue;
+        if (at == MAX_WRONG)
+            at = MAX_WRONG - 1;
+        while (at > 0 && ev->probability[out[at - 1]] < ev->probability[i]) {
+            out[at] = out[at - 1];
+            at--;
+        }
+        out[at] = i;
+    }
+    return n;
+}
+
+static void write_report(const train_options *o, const progress *p, const graft_evaluation *ev,
+                         graft_dataset *val, graft_dataset *thumbs, const char *const *keys,
+                         const char *const *values, int n_summary)
+{
+    int64_t wrong_idx[MAX_WRONG];
+    int n_wrong = pick_wrong(ev, val, wrong_idx);
+    report_example wrong[MAX_WRONG];
+    float *pixels = NULL;
+    int64_t th = 0, tw = 0;
+    if (thumbs && n_wrong > 0) {
+        graft__dataset_size(thumbs, &th, &tw);
+        pixels = malloc(sizeof(float) * (size_t)(n_wrong * th * tw * 3));
+        if (pixels && graft_dataset_load(thumbs, wrong_idx, n_wrong, NULL, 0, pixels, NULL) != GRAFT_OK) {
+            free(pixels);
+            pixels = NULL;
+        }
+    }
+    for (int i = 0; i < n_wrong; i++)
+        wrong[i] = (report_example){pixels ? pixels + i * th * tw * 3 : NULL, th, tw,
+                                    graft_dataset_label(val, wrong_idx[i]),
+                                    ev->predicted[wrong_idx[i]], ev->probability[wrong_idx[i]],
+                                    graft_dataset_path(val, wrong_idx[i])};
+    const char *names[4096];
+    int64_t k = graft_dataset_class_count(val);
+    for (int64_t c = 0; c < k && c < 4096; c++)
+        names[c] = graft_dataset_class_name(val, c);
+    char title[512], path[4096];
+    snprintf(title, sizeof title, "graft train -> %s", o->out);
+    report_input in = {title, k, names, p->history, p->n, p->phase2_first, ev->confusion,
+                       wrong, pixels ? n_wrong : 0, keys, values, n_summary};
+    snprintf(path, sizeof path, "%s/report.html", o->out);
+    if (report_write_html(&in, path) != GRAFT_OK)
+        cli_error("%s", graft_last_error());
+    free(pixels);
+}
+
+static void print_choices(const train_options *o, const graft_recipe_result *res)
+{
+    if (o->quiet || o->json)
+        return;
+    printf("cut at %s%s; fine-tune from %s%s\n", res->cut, o->cut[0] ? "" : " (default)",
+           res->phase2_run ? res->fine_tune_at : "(no phase 2)",
+           o->fine_tune_at[0] || !res->phase2_run ? "" : " (picked by the recipe)");
+}
+
+int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft_dataset *val,
+               graft_dataset *test, graft_dataset *thumbs, double *phase_accuracy)
+{
+    progress *p = calloc(1, sizeof *p);
+    if (!p)
+        return CLI_BAD_INPUT;
+    p->o = o;
+    p->phase = 1;
+    p->phase2_first = -1;
+    p->max_epochs[1] = o->recipe.phase1.epochs;
+    p->max_epochs[2] = o->recipe.phase2.epochs;
+    o->recipe.phase1.on_epoch = o->recipe.phase2.on_epoch = on_epoch;
+    o->recipe.phase1.user = o->recipe.phase2.user = p;
+    graft_recipe_result res;
+    int status = CLI_OK;
+    if (graft_recipe_run(model, train, val, &o->recipe, &res) != GRAFT_OK) {
+        cli_error("%s", graft_last_error());
+        free(p);
+        return CLI_BAD_INPUT;
+    }
+    print_choices(o, &res);
+    graft_evaluation ev, tev;
+    memset(&tev, 0, sizeof tev);
+    graft_dataset *judge = val ? val : train;
+    if (graft_evaluate(model, judge, o->recipe.phase1.batch_size, 0, &ev) != GRAFT_OK) {
+        cli_error("%s", graft_last_error());
+        free(p);
+        return CLI_BAD_INPUT;
+    }
+    if (test && graft_evaluate(model, test, 64, 0, &tev) != GRAFT_OK) {
+        cli_error("%s", graft_last_error());
+        status = CLI_BAD_INPUT;
+    }
+    if (phase_accuracy && test)
+        phase_accuracy[1] = tev.accuracy;
+    if (mkdir(o->out, 0755) != 0 && access(o->out, W_OK) != 0) {
+        cli_error("%s: cannot create the output folder", o->out);
+        status = CLI_BAD_INPUT;
+    }
+    if (status == CLI_OK && graft_model_save(model, o->out) != GRAFT_OK) {
+        cli_error("%s", graft_last_error());
+        status = CLI_BAD_INPUT;
+    }
+    json_t *config = train_options_to_json(o, &res);
+    json_t *metrics = json_pack("{s:o,s:i,s:o}", "history", history_json(p), "phase2_first_epoch",
+                                p->phase2_first, "val", evaluation_json(&ev, judge));
+    if (test)
+        json_object_set_new(metrics, "test", evaluation_json(&tev, test));
+    if (status == CLI_OK && (!write_json_file(o->out, "config.json", config) ||
+                             !write_json_file(o->out, "metrics.json", metrics)))
+        status = CLI_BAD_INPUT;
+    char acc[64], tacc[64], n_train[32];
+    snprintf(acc, sizeof acc, "%.4f", ev.accuracy);
+    snprintf(tacc, sizeof tacc, "%.4f", tev.accuracy);
+    snprintf(n_train, sizeof n_train, "%lld", (long long)graft_dataset_count(train));
+    const char *keys[] = {"base", "cut", "fine-tune from", "training images", "validation accuracy",
+                          "test accuracy"};
+    const char *values[] = {o->base, res.cut, res.phase2_run ? res.fine_tune_at : "(none)",
+                            n_train, acc, tacc};
+    if (status == CLI_OK)
+        write_report(o, p, &ev, judge, thumbs, keys, values, test ? 6 : 5);
+    if (!o->quiet) {
+        if (o->json) {
+            json_t *end = json_pack("{s:s,s:O,s:O}", "event", "done", "config", config, "val",
+                                    json_object_get(metrics, "val"));
+            if (test)
+                json_object_set(end, "test", json_object_get(metrics, "test"));
+            char *text = json_dumps(end, JSON_COMPACT);
+            puts(text);
+            free(text);
+            json_decref(end);
+        } else {
+            printf("validation accuracy %.4f (%lld images)", ev.accuracy, (long long)ev.count);
+            if (test)
+                printf(", test accuracy %.4f (%lld images)", tev.accuracy, (long long)tev.count);
+            printf("\nwrote %s/{model.json, labels.txt, metrics.json, config.json, report.html}\n",
+                   o->out);
+        }
+    }
+    json_decref(config);
+    json_decref(metrics);
+    graft_evaluation_free(&ev);
+    graft_evaluation_free(&tev);
+    free(p);
+    return status;
+}
+
+static graft_status open_at(const char *path, const train_options *o, int64_t h, int64_t w,
+                            graft_preprocess pre, graft_dataset **out)
+{
+    graft_dataset_options opts;
+    graft_dataset_options_defaults(&opts);
+    opts.height = h;
+    opts.width = w;
+    opts.resize = o->resize;
+    opts.preprocess = pre;
+    opts.threads = (int)o->threads;
+    return graft_dataset_open(path, &opts, out);
+}
+
+static void print_dataset(const train_options *o, const char *what, graft_dataset *ds)
+{
+    if (o->quiet || o->json)
+        return;
+    int64_t k = graft_dataset_class_count(ds), counts[4096];
+    graft_dataset_class_counts(ds, counts);
+    printf("%s: %lld images in %lld classes:", what, (long long)graft_dataset_count(ds), (long long)k);
+    for (int64_t c = 0; c < k && c < 4096; c++)
+        printf(" %s=%lld", graft_dataset_class_name(ds, c), (long long)counts[c]);
+    printf("\n");
+    const char *first = NULL;
+    int64_t skipped = graft_dataset_skipped(ds, &first);
+    if (skipped)
+        printf("%s: skipped %lld unreadable files (first: %s)\n", what, (long long)skipped, first);
+    for (int64_t c = 0; c < k && c < 4096; c++)
+        if (counts[c] < 5)
+            printf("warning: class '%s' has only %lld images\n", graft_dataset_class_name(ds, c),
+                   (long long)counts[c]);
+}
+
+int run_training(train_options *o, const char *data, const char *unused)
+{
+    graft_model *model = NULL;
+    if (graft_model_load(o->base, &model) != GRAFT_OK) {
+        cli_error("%s", graft_last_error());
+        return CLI_BAD_INPUT;
+    }
+    int64_t h, w, c;
+    graft_model_input_size(model, &h, &w, &c);
+    if (o->size > 0)
+        h = w = o->size;
+    graft_dataset *all = NULL, *train = NULL, *val = NULL, *thumbs_all = NULL, *thumbs = NULL,
+                  *thumbs_train = NULL;
+    int status = CLI_OK;
+    graft_status rc = open_at(data, o, h, w, o->preprocess, &all);
+    if (!rc && o->val) {
+        train = all;
+        rc = open_at(o->val, o, h, w, o->preprocess, &val);
+        if (!rc)
+            rc = open_at(o->val, o, 96, 96, GRAFT_PREPROCESS_NONE, &thumbs);
+    } else if (!rc) {
+        rc = graft_dataset_split(all, o->val_split, o->recipe.seed, &train, &val);
+        if (!rc && open_at(data, o, 96, 96, GRAFT_PREPROCESS_NONE, &thumbs_all) == GRAFT_OK)
+            graft_dataset_split(thumbs_all, o->val_split, o->recipe.seed, &thumbs_train, &thumbs);
+    }
+    if (rc) {
+        cli_error("%s", graft_last_error());
+        status = CLI_BAD_INPUT;
+    } else {
+        print_dataset(o, "train", train);
+        print_dataset(o, "val", val);
+        status = run_recipe(o, model, train, val, NULL, thumbs, NULL);
+    }
+    graft_dataset_free(thumbs);
+    graft_dataset_free(thumbs_train);
+    graft_dataset_free(thumbs_all);
+    if (train != all)
+        graft_dataset_free(train);
+    graft_dataset_free(val);
+    graft_dataset_free(all);
+    graft_model_free(model);
+    return status;
+}
