@@ -111,6 +111,23 @@ static void apply_affine(const float *x, float *y, const float *mul, const float
             y[r * ch + j] = x[r * ch + j] * mul[j] + add[j];
 }
 
+extern const graft__layer_ops graft__batch_norm_layer_ops;
+
+int graft__batch_norm_affine(const graft__layer *layer, float *mul, float *add)
+{
+    if (layer->ops != &graft__batch_norm_layer_ops)
+        return 0;
+    const batch_norm_config *c = layer->config;
+    bn_weights w = weights_of(layer);
+    int64_t ch = layer->weights[c->scale + c->center].shape.dim[0];
+    for (int64_t j = 0; j < ch; j++) {
+        double m = (w.gamma ? w.gamma[j] : 1.0) / sqrt((double)w.var[j] + c->epsilon);
+        mul[j] = (float)m;
+        add[j] = (float)((w.beta ? w.beta[j] : 0.0) - w.mean[j] * m);
+    }
+    return 1;
+}
+
 /* Saved for backward in batch-statistics mode: mean and 1/sqrt(var + eps). */
 static size_t batch_norm_saved(const graft__layer *layer, const graft__shape *out, int64_t batch)
 {

@@ -88,8 +88,14 @@ static void conv2d_forward(const graft__layer *layer, const graft__forward_args 
     const conv2d_config *c = layer->config;
     graft_conv_geom g = conv2d_geom(layer, &a->in_shapes[0], a->batch);
     int64_t rows = a->batch * g.out_h * g.out_w;
-    graft_f32_conv2d__gemm(&g, a->inputs[0], layer->weights[0].data,
-                           c->use_bias ? layer->weights[1].data : NULL, a->output, a->scratch);
+    const float *kernel = a->folded_kernel ? a->folded_kernel : layer->weights[0].data;
+    const float *bias = a->folded_kernel ? a->folded_bias
+                                         : c->use_bias ? layer->weights[1].data : NULL;
+    graft_f32_conv2d__gemm(&g, a->inputs[0], kernel, bias, a->output, a->scratch);
+    if (a->folded_kernel) {
+        graft__activation_apply(a->epilogue, a->output, rows, g.out_c);
+        return;
+    }
     if (a->logits)
         return;
     if (a->saved && !graft__activation_derivative_from_output(c->act))
@@ -117,6 +123,19 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
                                               im2col);
 }
 
+/* Output channel o of kernel (KH, KW, Cin, Cout) scales by mul[o]. */
+static void conv2d_fold_affine(const graft__layer *layer, const float *mul, const float *add,
+                               float *kernel, float *bias)
+{
+    const conv2d_config *c = layer->config;
+    const graft__weight *k = &layer->weights[0];
+    int64_t cout = c->filters, n = graft__shape_elems(&k->shape);
+    for (int64_t i = 0; i < n; i++)
+        kernel[i] = k->data[i] * mul[i % cout];
+    for (int64_t o = 0; o < cout; o++)
+        bias[o] = (c->use_bias ? layer->weights[1].data[o] : 0.0f) * mul[o] + add[o];
+}
+
 static graft__activation conv2d_output_activation(const graft__layer *layer)
 {
     return ((const conv2d_config *)layer->config)->act;
@@ -131,4 +150,5 @@ const graft__layer_ops graft__conv2d_layer_ops = {
     .saved_bytes = conv2d_saved,
     .backward = conv2d_backward,
     .output_activation = conv2d_output_activation,
+    .fold_affine = conv2d_fold_affine,
 };

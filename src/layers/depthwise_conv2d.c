@@ -67,6 +67,11 @@ static void depthwise_forward(const graft__layer *layer, const graft__forward_ar
     const depthwise_config *c = layer->config;
     graft_conv_geom g = depthwise_geom(layer, &a->in_shapes[0], a->batch);
     int64_t rows = a->batch * g.out_h * g.out_w;
+    if (a->folded_kernel) {
+        graft_f32_dwconv2d_parallel(&g, a->inputs[0], a->folded_kernel, a->folded_bias, a->output);
+        graft__activation_apply(a->epilogue, a->output, rows, g.out_c);
+        return;
+    }
     graft_f32_dwconv2d_parallel(&g, a->inputs[0], layer->weights[0].data,
                                 c->use_bias ? layer->weights[1].data : NULL, a->output);
     if (a->saved && !graft__activation_derivative_from_output(c->act))
@@ -104,6 +109,19 @@ static void depthwise_backward(const graft__layer *layer, const graft__backward_
         graft_f32_dwconv2d_backward_input_parallel(&g, dy, layer->weights[0].data, a->d_inputs[0]);
 }
 
+/* Kernel (KH, KW, Cin, M): output channel c*M + m is the last two axes flattened. */
+static void depthwise_fold_affine(const graft__layer *layer, const float *mul, const float *add,
+                                  float *kernel, float *bias)
+{
+    const depthwise_config *c = layer->config;
+    const graft__weight *k = &layer->weights[0];
+    int64_t cout = k->shape.dim[2] * k->shape.dim[3], n = graft__shape_elems(&k->shape);
+    for (int64_t i = 0; i < n; i++)
+        kernel[i] = k->data[i] * mul[i % cout];
+    for (int64_t o = 0; o < cout; o++)
+        bias[o] = (c->use_bias ? layer->weights[1].data[o] : 0.0f) * mul[o] + add[o];
+}
+
 const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .class_name = "DepthwiseConv2D",
     .parse = depthwise_parse,
@@ -112,4 +130,5 @@ const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .forward = depthwise_forward,
     .saved_bytes = depthwise_saved,
     .backward = depthwise_backward,
+    .fold_affine = depthwise_fold_affine,
 };

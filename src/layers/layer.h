@@ -59,6 +59,10 @@ typedef struct graft__forward_args {
     void *saved;                    /* saved_bytes() bytes kept for backward (training only) */
     uint64_t seed;                  /* random stream of this node and step (dropout) */
     int logits;                     /* skip the fused softmax: the loss applies it */
+    /* Inference fusion (set only for kinds with fold_affine): use these weights
+     * instead of the layer's own, then apply `epilogue` in place. */
+    const float *folded_kernel, *folded_bias;
+    graft__activation epilogue;
 } graft__forward_args;
 
 /* Gradients flow backward by accumulation: every d* buffer is added to, never
@@ -102,6 +106,11 @@ struct graft__layer_ops {
     void (*backward)(const graft__layer *layer, const graft__backward_args *args);
     /* The activation the kind applies last (softmax lets the loss fuse it); NULL: linear. */
     graft__activation (*output_activation)(const graft__layer *layer);
+    /* Folds a following per-channel affine y*mul + add (an inference BatchNorm)
+     * into copies of the kernel and bias: kernel (the kernel's size) and bias
+     * (output channels). NULL when the kind cannot fold. */
+    void (*fold_affine)(const graft__layer *layer, const float *mul, const float *add,
+                        float *kernel, float *bias);
 };
 
 /* The kind for a Keras class name, or NULL. */
@@ -152,6 +161,10 @@ const float *graft__activation_grad(graft__activation act, const float *pre, con
  * the result does not depend on the thread count. */
 void graft__sum_rows(float *dst /* (cols) */, const float *src /* (rows, cols) */, int64_t rows,
                      int64_t cols);
+
+/* The per-channel multiplier and offset an inference BatchNorm applies, into
+ * mul and add (channels each); 0 when the layer is not a BatchNormalization. */
+int graft__batch_norm_affine(const graft__layer *layer, float *mul, float *add);
 
 /* dst[i] += src[i] over n floats, threaded. */
 void graft__accumulate(float *dst, const float *src, int64_t n);

@@ -39,6 +39,7 @@ static graft_status relayout_params(graft_model *m)
     graft__free(old_offsets);
     graft__free_aligned(old);
     graft__plan_free(&m->plan);
+    graft__plan_free(&m->plain_plan);
     return GRAFT_OK;
 }
 
@@ -208,6 +209,7 @@ graft_status graft_model_set_input_size(graft_model *m, int64_t height, int64_t 
         return rc;
     }
     graft__plan_free(&m->plan);
+    graft__plan_free(&m->plain_plan);
     return GRAFT_OK;
 }
 

@@ -10,6 +10,7 @@ void graft_model_free(graft_model *m)
     if (!m)
         return;
     graft__plan_free(&m->plan);
+    graft__plan_free(&m->plain_plan);
     graft__graph_free(m);
     for (int64_t i = 0; i < m->n_labels; i++)
         graft__free(m->labels[i]);

@@ -24,6 +24,15 @@ typedef struct graft__plan {
     int *node_slot;       /* slot of each node's output; -1 for the input node */
     void *scratch;
     size_t scratch_bytes;
+    /* Inference fusion: a convolution followed by a BatchNorm (and ReLU) runs as
+     * one node with folded weights; elementwise layers run in place. */
+    int fused;
+    char *skip;           /* computed inside an earlier node */
+    char *interior;       /* its output is overwritten by a fused successor */
+    float **folded;       /* per node: folded kernel then bias, or NULL */
+    int n_folded;         /* entries of folded (the node count) */
+    graft__activation *epilogue;
+    int *owner;           /* node whose slot holds this node's output (itself if none) */
 } graft__plan;
 
 struct graft_model {
@@ -37,7 +46,8 @@ struct graft_model {
     float *params;
     int64_t n_labels;
     char **labels;
-    graft__plan plan;
+    graft__plan plan;        /* fused, for forward */
+    graft__plan plain_plan;  /* unfused, when a caller asks for an interior output */
 };
 
 /* Builds layers and nodes from a Keras model config (functional or sequential,
@@ -58,6 +68,8 @@ void graft__graph_compute_last_use(graft_model *model);
  * pinned (may be NULL) keep their slot to the end of the pass. */
 graft_status graft__plan_build(const graft_model *m, graft__plan *plan, int64_t max_batch,
                                const char *pinned);
+/* As graft__plan_build, with inference fusion. */
+graft_status graft__plan_build_fused(const graft_model *m, graft__plan *plan, int64_t max_batch);
 void graft__plan_free(graft__plan *plan);
 /* Scratch bytes node i needs at this batch. */
 size_t graft__node_scratch(const graft_model *m, int i, int64_t batch);

@@ -8,6 +8,13 @@
 
 void graft__plan_free(graft__plan *plan)
 {
+    for (int i = 0; plan->folded && i < plan->n_folded; i++)
+        graft__free_aligned(plan->folded[i]);
+    graft__free(plan->folded);
+    graft__free(plan->skip);
+    graft__free(plan->interior);
+    graft__free(plan->epilogue);
+    graft__free(plan->owner);
     for (int i = 0; i < plan->n_slots; i++)
         graft__free_aligned(plan->slot_data[i]);
     graft__free(plan->slot_data);
@@ -40,31 +47,170 @@ static int take_slot(graft__plan *p, const int *busy, size_t need)
     return best;
 }
 
-/* Gives every node but the input a slot; a slot is recycled after its node's
- * last reader unless the node is pinned (kept for backward). */
+/* The last node reading the buffer a node writes: with fusion several nodes
+ * share one buffer, which lives until the last reader of any of them. */
+static int buffer_last_use(const graft_model *m, const graft__plan *p, int owner)
+{
+    int last = -1;
+    for (int i = 0; i < m->n_nodes; i++)
+        if ((p->owner ? p->owner[i] : i) == owner && m->nodes[i].last_use > last)
+            last = m->nodes[i].last_use;
+    return last;
+}
+
+/* Gives every node that owns a buffer a slot; a slot is recycled after the last
+ * reader of its buffer unless a node in it is pinned (kept for backward). */
 static graft_status plan_assign_slots(const graft_model *m, graft__plan *p, int *busy,
                                       const char *pinned)
 {
+    int *release = graft__calloc((size_t)m->n_nodes, sizeof(int));
+    if (!release)
+        return graft__fail(GRAFT_E_NOMEM, "out of memory planning the graph");
+    for (int i = 0; i < m->n_nodes; i++)
+        release[i] = -2; /* -2: not an owner */
+    for (int i = 0; i < m->n_nodes; i++) {
+        int owner = p->owner ? p->owner[i] : i;
+        if (owner != i)
+            continue;
+        int keep = (pinned && pinned[i]) || i == m->output_node ||
+                   (p->owner && p->owner[m->output_node] == i);
+        release[i] = keep ? m->n_nodes : buffer_last_use(m, p, i);
+    }
     for (int i = 0; i < m->n_nodes; i++) {
         const graft__node *node = &m->nodes[i];
+        int owner = p->owner ? p->owner[i] : i;
         p->node_slot[i] = -1;
-        if (i != m->input_node) {
+        if (owner != i) {
+            p->node_slot[i] = p->node_slot[owner];
+        } else if (i != m->input_node) {
             size_t need;
             if (!graft__mul_size((size_t)p->max_batch,
-                                 sizeof(float) * (size_t)graft__shape_elems(&node->shape), &need))
+                                 sizeof(float) * (size_t)graft__shape_elems(&node->shape), &need)) {
+                graft__free(release);
                 return graft__fail(GRAFT_E_NOMEM, "batch %lld is too large for layer '%s'",
                                    (long long)p->max_batch, node->layer->name);
+            }
             p->node_slot[i] = take_slot(p, busy, need);
             busy[p->node_slot[i]] = 1;
         }
-        for (int k = 0; k < node->n_inputs; k++) {
-            int src = node->inputs[k];
-            if (m->nodes[src].last_use == i && p->node_slot[src] >= 0 && !(pinned && pinned[src]))
-                busy[p->node_slot[src]] = 0;
+        /* Buffers whose last reader is this node (or dead ends) free up now. */
+        for (int o = 0; o <= i; o++)
+            if (release[o] >= -1 && (release[o] == i || (release[o] == -1 && o == i)) &&
+                p->node_slot[o] >= 0)
+                busy[p->node_slot[o]] = 0;
+    }
+    graft__free(release);
+    return GRAFT_OK;
+}
+
+static int consumers(const graft_model *m, int node, int *only)
+{
+    int n = 0;
+    for (int i = 0; i < m->n_nodes; i++)
+        for (int k = 0; k < m->nodes[i].n_inputs; k++)
+            if (m->nodes[i].inputs[k] == node) {
+                n++;
+                *only = i;
+            }
+    return n;
+}
+
+/* ReLU(6) and plain ReLU layers, and Activation relu/relu6, as an epilogue. */
+static int relu_epilogue(const graft__layer *layer, graft__activation *act)
+{
+    const char *cls = layer->ops->class_name;
+    if (!strcmp(cls, "Activation") && layer->ops->output_activation) {
+        graft__activation a = layer->ops->output_activation(layer);
+        if (a == GRAFT__ACT_RELU || a == GRAFT__ACT_RELU6) {
+            *act = a;
+            return 1;
         }
-        if (node->last_use < 0 && i != m->output_node && p->node_slot[i] >= 0 &&
-            !(pinned && pinned[i]))
-            busy[p->node_slot[i]] = 0;
+        return 0;
+    }
+    if (!strcmp(cls, "ReLU") && layer->ops->output_activation) {
+        *act = layer->ops->output_activation(layer);
+        return *act == GRAFT__ACT_RELU || *act == GRAFT__ACT_RELU6;
+    }
+    return 0;
+}
+
+/* Layers that may overwrite their input when nothing else reads it. */
+static int elementwise(const graft__layer *layer)
+{
+    static const char *const kinds[] = {"BatchNormalization", "ReLU", "Activation", "Dropout",
+                                        "Flatten", "Reshape", "Rescaling"};
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
+        if (!strcmp(layer->ops->class_name, kinds[i]))
+            return 1;
+    return 0;
+}
+
+static graft_status fold_into(const graft_model *m, graft__plan *p, int conv, int bn)
+{
+    const graft__layer *layer = m->nodes[conv].layer;
+    int64_t ch = m->nodes[conv].shape.dim[m->nodes[conv].shape.rank - 1];
+    int64_t kernel = graft__shape_elems(&layer->weights[0].shape);
+    float *mul = graft__malloc(sizeof(float) * 2 * (size_t)ch);
+    p->folded[conv] = graft__malloc_aligned(sizeof(float) * (size_t)(kernel + ch));
+    if (!mul || !p->folded[conv]) {
+        graft__free(mul);
+        return graft__fail(GRAFT_E_NOMEM, "out of memory folding '%s'", layer->name);
+    }
+    graft__batch_norm_affine(m->nodes[bn].layer, mul, mul + ch);
+    layer->ops->fold_affine(layer, mul, mul + ch, p->folded[conv], p->folded[conv] + kernel);
+    graft__free(mul);
+    return GRAFT_OK;
+}
+
+/* Conv -> BatchNorm (-> ReLU) chains become one node; elementwise layers whose
+ * input has no other reader run in place. */
+static graft_status analyse_fusion(const graft_model *m, graft__plan *p)
+{
+    size_t n = (size_t)m->n_nodes;
+    p->skip = graft__calloc(n, 1);
+    p->interior = graft__calloc(n, 1);
+    p->folded = graft__calloc(n, sizeof(float *));
+    p->epilogue = graft__calloc(n, sizeof(graft__activation));
+    p->owner = graft__calloc(n, sizeof(int));
+    if (!p->skip || !p->interior || !p->folded || !p->epilogue || !p->owner)
+        return graft__fail(GRAFT_E_NOMEM, "out of memory planning the graph");
+    p->n_folded = m->n_nodes;
+    p->fused = 1;
+    for (int i = 0; i < m->n_nodes; i++)
+        p->owner[i] = i;
+    float probe[1];
+    for (int i = 0; i < m->n_nodes; i++) {
+        const graft__node *node = &m->nodes[i];
+        const graft__layer *layer = node->layer;
+        int next = -1, after = -1;
+        if (layer->ops->fold_affine && layer->ops->output_activation &&
+            layer->ops->output_activation(layer) == GRAFT__ACT_LINEAR && i != m->output_node &&
+            consumers(m, i, &next) == 1 && m->nodes[next].n_inputs == 1 &&
+            !strcmp(m->nodes[next].layer->ops->class_name, "BatchNormalization")) {
+            graft_status rc = fold_into(m, p, i, next);
+            if (rc)
+                return rc;
+            (void)probe;
+            p->skip[next] = 1;
+            p->owner[next] = i;
+            p->interior[i] = 1;
+            graft__activation act;
+            if (next != m->output_node && consumers(m, next, &after) == 1 &&
+                relu_epilogue(m->nodes[after].layer, &act)) {
+                p->epilogue[i] = act;
+                p->skip[after] = 1;
+                p->owner[after] = i;
+                p->interior[next] = 1;
+            }
+            continue;
+        }
+        if (p->skip[i] || !elementwise(layer) || node->n_inputs != 1)
+            continue;
+        int src = node->inputs[0], only = -1;
+        if (src != m->input_node && consumers(m, src, &only) == 1 && !p->interior[src]) {
+            p->owner[i] = p->owner[src];
+            p->interior[src] = 1;
+        }
     }
     return GRAFT_OK;
 }
@@ -80,11 +226,18 @@ size_t graft__node_scratch(const graft_model *m, int i, int64_t batch)
     return node->layer->ops->scratch_bytes(node->layer, node->n_inputs, in, &node->shape, batch);
 }
 
-graft_status graft__plan_build(const graft_model *m, graft__plan *p, int64_t max_batch,
-                               const char *pinned)
+static graft_status plan_build(const graft_model *m, graft__plan *p, int64_t max_batch,
+                              const char *pinned, int fuse)
 {
     memset(p, 0, sizeof *p);
     p->max_batch = max_batch;
+    if (fuse) {
+        graft_status rc = analyse_fusion(m, p);
+        if (rc) {
+            graft__plan_free(p);
+            return rc;
+        }
+    }
     int *busy = graft__calloc((size_t)m->n_nodes, sizeof(int));
     p->slot_bytes = graft__calloc((size_t)m->n_nodes, sizeof(size_t));
     p->node_slot = graft__calloc((size_t)m->n_nodes, sizeof(int));
@@ -108,6 +261,17 @@ graft_status graft__plan_build(const graft_model *m, graft__plan *p, int64_t max
     return rc;
 }
 
+graft_status graft__plan_build(const graft_model *m, graft__plan *p, int64_t max_batch,
+                               const char *pinned)
+{
+    return plan_build(m, p, max_batch, pinned, 0);
+}
+
+graft_status graft__plan_build_fused(const graft_model *m, graft__plan *p, int64_t max_batch)
+{
+    return plan_build(m, p, max_batch, NULL, 1);
+}
+
 graft_status graft_model_prepare(graft_model *m, int64_t max_batch)
 {
     if (!m || max_batch < 1)
@@ -115,28 +279,35 @@ graft_status graft_model_prepare(graft_model *m, int64_t max_batch)
     if (m->plan.max_batch >= max_batch)
         return GRAFT_OK;
     graft__plan_free(&m->plan);
-    return graft__plan_build(m, &m->plan, max_batch, NULL);
+    return graft__plan_build_fused(m, &m->plan, max_batch);
 }
 
-static void run_node(graft_model *m, int i, int64_t batch, const float *input)
+static void run_node(graft_model *m, const graft__plan *p, int i, int64_t batch,
+                     const float *input)
 {
     const graft__node *node = &m->nodes[i];
+    if (p->skip && p->skip[i])
+        return;
     const float *inputs[64];
     graft__shape in_shapes[64];
     for (int k = 0; k < node->n_inputs && k < 64; k++) {
         int src = node->inputs[k];
-        inputs[k] = src == m->input_node ? input : m->plan.slot_data[m->plan.node_slot[src]];
+        inputs[k] = src == m->input_node ? input : p->slot_data[p->node_slot[src]];
         in_shapes[k] = m->nodes[src].shape;
     }
+    const float *folded = p->folded ? p->folded[i] : NULL;
     graft__forward_args args = {
         .batch = batch,
         .n_inputs = node->n_inputs,
         .inputs = inputs,
         .in_shapes = in_shapes,
-        .output = m->plan.slot_data[m->plan.node_slot[i]],
+        .output = p->slot_data[p->node_slot[i]],
         .out_shape = &node->shape,
-        .scratch = m->plan.scratch,
+        .scratch = p->scratch,
         .training = 0,
+        .folded_kernel = folded,
+        .folded_bias = folded ? folded + graft__shape_elems(&node->layer->weights[0].shape) : NULL,
+        .epilogue = p->epilogue ? p->epilogue[i] : GRAFT__ACT_LINEAR,
     };
     node->layer->ops->forward(node->layer, &args);
 }
@@ -163,9 +334,10 @@ static void mark_needed(const graft_model *m, const int *targets, int n, char *n
                 needed[m->nodes[i].inputs[k]] = 1;
 }
 
-static const float *node_output(const graft_model *m, int i, const float *input)
+static const float *node_output(const graft_model *m, const graft__plan *p, int i,
+                                const float *input)
 {
-    return i == m->input_node ? input : m->plan.slot_data[m->plan.node_slot[i]];
+    return i == m->input_node ? input : p->slot_data[p->node_slot[i]];
 }
 
 graft_status graft_model_forward_layers(graft_model *m, const float *input, int64_t batch,
@@ -185,6 +357,15 @@ graft_status graft_model_forward_layers(graft_model *m, const float *input, int6
     if (final_output)
         targets[n_targets++] = m->output_node;
     graft_status rc = graft_model_prepare(m, batch);
+    /* A requested output that fusion overwrites needs the unfused plan. */
+    graft__plan *p = &m->plan;
+    for (int t = 0; !rc && t < n_targets; t++)
+        if (m->plan.interior && m->plan.interior[targets[t]])
+            p = &m->plain_plan;
+    if (!rc && p == &m->plain_plan && m->plain_plan.max_batch < batch) {
+        graft__plan_free(&m->plain_plan);
+        rc = graft__plan_build(m, &m->plain_plan, batch, NULL);
+    }
     char *needed = rc ? NULL : graft__malloc((size_t)m->n_nodes);
     if (rc || !needed)
         return rc ? rc : graft__fail(GRAFT_E_NOMEM, "out of memory");
@@ -193,12 +374,12 @@ graft_status graft_model_forward_layers(graft_model *m, const float *input, int6
         if (!needed[i])
             continue;
         if (i != m->input_node)
-            run_node(m, i, batch, input);
+            run_node(m, p, i, batch, input);
         for (int t = 0; t < n_targets; t++) {
             if (targets[t] != i)
                 continue;
             float *dst = t < n_layers ? outputs[t] : final_output;
-            memcpy(dst, node_output(m, i, input),
+            memcpy(dst, node_output(m, p, i, input),
                    sizeof(float) * (size_t)(batch * graft__shape_elems(&m->nodes[i].shape)));
         }
     }

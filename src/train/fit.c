@@ -508,5 +508,8 @@ graft_status graft_train(graft_model *model, const graft_batch_source *train,
     if (result)
         fill_result(&f, result);
     fit_free(&f);
+    /* Inference plans fold BatchNorm into the weights they were built from. */
+    graft__plan_free(&model->plan);
+    graft__plan_free(&model->plain_plan);
     return rc;
 }
