@@ -428,11 +428,13 @@ typedef struct graft_recipe {
     graft_augment augment;       /* default flip_horizontal, rotation 0.05, zoom 0.1 */
     int cache_views;             /* augmented views cached for frozen layers; default 4
                                   * (1 when augmentation is off) */
-    graft_train_config phase1;   /* default: Adam 1e-3, 30 epochs, patience 5 on val loss */
+    graft_train_config phase1;   /* default: Adam 1e-3, up to 100 epochs, patience 10 on val
+                                  * loss, label smoothing 0.1 */
     int fine_tune;               /* default 1 */
     const char *fine_tune_at;    /* NULL: the recipe picks the block start about a third
                                   * of the way down from the cut */
-    graft_train_config phase2;   /* default: Adam 1e-5, 10 epochs, patience 3, BN frozen */
+    graft_train_config phase2;   /* default: Adam 1e-4 (10x lower), up to 20 epochs, patience 5,
+                                  * BatchNorm frozen */
     uint64_t seed;               /* head initialisation; also copied into both phases */
     /* Called after each phase with the model as trained so far (e.g. to measure
      * a held-out set); a nonzero return stops the recipe there. */

@@ -70,6 +70,7 @@ int cli_demo(int argc, char **argv)
     train_options_defaults(&o);
     o.size = 96;
     o.out = "graft-demo";
+    o.force = 1; /* a rerun replaces the previous demo's folder (only if graft wrote it) */
     long shots = 100;
     const char *data = GRAFT_FASHION_MNIST;
     for (int i = 1; i < argc; i++) {
@@ -101,6 +102,9 @@ int cli_demo(int argc, char **argv)
         }
     }
     cli_set_threads(o.threads);
+    int checked = out_check(&o);
+    if (checked != CLI_OK)
+        return checked;
     graft_model *model = NULL;
     graft_dataset *pool = NULL, *shots_ds = NULL, *train = NULL, *val = NULL, *test = NULL;
     graft_dataset *thumb_pool = NULL, *thumb_shots = NULL, *thumb_train = NULL, *thumbs = NULL;

@@ -33,15 +33,15 @@ const char train_options_help[] =
     "                          contrast, saturation, hue, erasing\n"
     "  --cache-views K         augmented views cached for frozen layers (default 4)\n"
     "phase 1 (frozen base, new head):\n"
-    "  --epochs N              maximum epochs (default 30)\n"
+    "  --epochs N              maximum epochs (default 100; early stopping ends it)\n"
     "  --lr X                  learning rate (default 1e-3)\n"
     "  --batch N               batch size (default 32)\n"
-    "  --patience N            early-stopping patience on val loss (default 5; 0 = off)\n"
+    "  --patience N            early-stopping patience on val loss (default 10; 0 = off)\n"
     "phase 2 (fine-tuning):\n"
     "  --no-fine-tune          skip phase 2\n"
     "  --fine-tune-at LAYER    first layer to unfreeze (default: picked and printed)\n"
-    "  --fine-tune-epochs N    maximum epochs (default 10)\n"
-    "  --fine-tune-lr X        learning rate (default 1e-5)\n"
+    "  --fine-tune-epochs N    maximum epochs (default 20, patience 5)\n"
+    "  --fine-tune-lr X        learning rate (default 1e-4)\n"
     "  --layer-decay D         per-layer learning-rate decay from the top (default off)\n"
     "both phases:\n"
     "  --optimizer NAME        adam (default), adamw or sgd\n"
@@ -53,7 +53,9 @@ const char train_options_help[] =
     "  --config FILE.json      the same settings as a JSON object (keys without dashes)\n"
     "output:\n"
     "  --json                  one JSON object per epoch and one at the end\n"
-    "  --quiet                 only errors\n";
+    "  --quiet                 only errors\n"
+    "  --force                 replace an existing output folder written by graft\n"
+    "                          (OUT is written under a temporary name and renamed at the end)\n";
 
 void train_options_defaults(train_options *o)
 {
@@ -209,6 +211,10 @@ int train_options_parse(train_options *o, int argc, char **argv, int *i)
     }
     if (!strcmp(a, "--quiet")) {
         o->quiet = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--force")) {
+        o->force = 1;
         return 1;
     }
     if (!strcmp(a, "--config")) {

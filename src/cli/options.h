@@ -14,7 +14,7 @@ typedef struct train_options {
     int64_t size;          /* 0: the base's input size */
     double val_split;
     long threads;
-    int json, quiet;
+    int json, quiet, force;
     graft_preprocess preprocess;
     graft_resize_mode resize;
 } train_options;

@@ -1,5 +1,8 @@
 #include "cli/run.h"
 
+#include <dirent.h>
+#include <signal.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,9 +137,9 @@ static int pick_wrong(const graft_evaluation *ev, graft_dataset *ds, int64_t *ou
     return n;
 }
 
-static void write_report(const train_options *o, const progress *p, const graft_evaluation *ev,
-                         graft_dataset *val, graft_dataset *thumbs, const char *const *keys,
-                         const char *const *values, int n_summary)
+static void write_report(const train_options *o, const char *dir, const progress *p,
+                         const graft_evaluation *ev, graft_dataset *val, graft_dataset *thumbs,
+                         const char *const *keys, const char *const *values, int n_summary)
 {
     int64_t wrong_idx[MAX_WRONG];
     int n_wrong = pick_wrong(ev, val, wrong_idx);
@@ -164,10 +167,71 @@ static void write_report(const train_options *o, const progress *p, const graft_
     snprintf(title, sizeof title, "graft train -> %s", o->out);
     report_input in = {title, k, names, p->history, p->n, p->phase2_first, ev->confusion,
                        wrong, pixels ? n_wrong : 0, keys, values, n_summary};
-    snprintf(path, sizeof path, "%s/report.html", o->out);
+    snprintf(path, sizeof path, "%s/report.html", dir);
     if (report_write_html(&in, path) != GRAFT_OK)
         cli_error("%s", graft_last_error());
     free(pixels);
+}
+
+/* Removes a folder graft wrote (its files are flat). */
+static void remove_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[4096];
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.' || (e->d_name[1] && strcmp(e->d_name, "..")))
+            if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path)
+                unlink(path);
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+int out_is_graft_folder(const char *dir)
+{
+    char a[4096], b[4096];
+    snprintf(a, sizeof a, "%s/model.json", dir);
+    snprintf(b, sizeof b, "%s/config.json", dir);
+    return access(a, F_OK) == 0 && access(b, F_OK) == 0;
+}
+
+int out_check(const train_options *o)
+{
+    struct stat st;
+    if (stat(o->out, &st) != 0)
+        return CLI_OK;
+    if (!S_ISDIR(st.st_mode) || !out_is_graft_folder(o->out)) {
+        cli_error("%s exists and is not a graft output folder: choose another -o", o->out);
+        return CLI_BAD_INPUT;
+    }
+    if (!o->force) {
+        cli_error("%s exists: pass --force to replace it", o->out);
+        return CLI_BAD_USAGE;
+    }
+    return CLI_OK;
+}
+
+/* Moves the finished temporary folder to OUT; an old OUT (checked to be graft's
+ * and --force given) is moved aside first and removed only after. */
+static int out_commit(const train_options *o, const char *tmp_dir)
+{
+    char old[4096];
+    snprintf(old, sizeof old, "%s.old-%ld", o->out, (long)getpid());
+    int had_old = access(o->out, F_OK) == 0;
+    if (had_old && rename(o->out, old) != 0) {
+        cli_error("%s: cannot move aside: %s", o->out, strerror(errno));
+        return CLI_BAD_INPUT;
+    }
+    if (rename(tmp_dir, o->out) != 0) {
+        cli_error("%s: cannot rename %s into place: %s", o->out, tmp_dir, strerror(errno));
+        if (had_old)
+            rename(old, o->out);
+        return CLI_BAD_INPUT;
+    }
+    if (had_old)
+        remove_tree(old);
+    return CLI_OK;
 }
 
 static void print_choices(const train_options *o, const graft_recipe_result *res)
@@ -179,9 +243,24 @@ static void print_choices(const train_options *o, const graft_recipe_result *res
            o->fine_tune_at[0] || !res->phase2_run ? "" : " (picked by the recipe)");
 }
 
+/* SIGINT asks training to finish its step and stop; the handler only sets this. */
+static volatile sig_atomic_t interrupted;
+static volatile int stop_training;
+
+static void on_sigint(int sig)
+{
+    interrupted = 1;
+    stop_training = 1;
+}
+
 int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft_dataset *val,
                graft_dataset *test, graft_dataset *thumbs, double *phase_accuracy)
 {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigaction(SIGINT, &sa, NULL);
+    o->recipe.phase1.stop = o->recipe.phase2.stop = &stop_training;
     progress *p = calloc(1, sizeof *p);
     if (!p)
         return CLI_BAD_INPUT;
@@ -197,7 +276,9 @@ int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft
     if (graft_recipe_run(model, train, val, &o->recipe, &res) != GRAFT_OK) {
         cli_error("%s", graft_last_error());
         free(p);
-        return CLI_BAD_INPUT;
+        if (interrupted)
+            cli_error("interrupted: %s was not written", o->out);
+        return interrupted ? 130 : CLI_BAD_INPUT;
     }
     print_choices(o, &res);
     graft_evaluation ev, tev;
@@ -214,11 +295,15 @@ int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft
     }
     if (phase_accuracy && test)
         phase_accuracy[1] = tev.accuracy;
-    if (mkdir(o->out, 0755) != 0 && access(o->out, W_OK) != 0) {
-        cli_error("%s: cannot create the output folder", o->out);
+    /* Everything goes to a temporary folder renamed into place at the end, so an
+     * existing OUT is never left half overwritten. */
+    char tmp_dir[4096];
+    snprintf(tmp_dir, sizeof tmp_dir, "%s.tmp-%ld", o->out, (long)getpid());
+    if (mkdir(tmp_dir, 0755) != 0) {
+        cli_error("%s: cannot create the output folder: %s", tmp_dir, strerror(errno));
         status = CLI_BAD_INPUT;
     }
-    if (status == CLI_OK && graft_model_save(model, o->out) != GRAFT_OK) {
+    if (status == CLI_OK && graft_model_save(model, tmp_dir) != GRAFT_OK) {
         cli_error("%s", graft_last_error());
         status = CLI_BAD_INPUT;
     }
@@ -227,8 +312,8 @@ int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft
                                 p->phase2_first, "val", evaluation_json(&ev, judge));
     if (test)
         json_object_set_new(metrics, "test", evaluation_json(&tev, test));
-    if (status == CLI_OK && (!write_json_file(o->out, "config.json", config) ||
-                             !write_json_file(o->out, "metrics.json", metrics)))
+    if (status == CLI_OK && (!write_json_file(tmp_dir, "config.json", config) ||
+                             !write_json_file(tmp_dir, "metrics.json", metrics)))
         status = CLI_BAD_INPUT;
     char acc[64], tacc[64], n_train[32];
     snprintf(acc, sizeof acc, "%.4f", ev.accuracy);
@@ -239,7 +324,11 @@ int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft
     const char *values[] = {o->base, res.cut, res.phase2_run ? res.fine_tune_at : "(none)",
                             n_train, acc, tacc};
     if (status == CLI_OK)
-        write_report(o, p, &ev, judge, thumbs, keys, values, test ? 6 : 5);
+        write_report(o, tmp_dir, p, &ev, judge, thumbs, keys, values, test ? 6 : 5);
+    if (status == CLI_OK)
+        status = out_commit(o, tmp_dir);
+    else
+        remove_tree(tmp_dir);
     if (!o->quiet) {
         if (o->json) {
             json_t *end = json_pack("{s:s,s:O,s:O}", "event", "done", "config", config, "val",
@@ -299,8 +388,34 @@ static void print_dataset(const train_options *o, const char *what, graft_datase
                    (long long)counts[c]);
 }
 
+/* Labels are class indices in sorted-name order, so both sources must have
+ * exactly the same classes. */
+static int same_classes(graft_dataset *train, graft_dataset *val, const char *val_path)
+{
+    int64_t nt = graft_dataset_class_count(train), nv = graft_dataset_class_count(val);
+    for (int64_t c = 0; c < nt; c++) {
+        int found = 0;
+        for (int64_t d = 0; d < nv && !found; d++)
+            found = !strcmp(graft_dataset_class_name(train, c), graft_dataset_class_name(val, d));
+        if (!found) {
+            cli_error("%s: the validation data has no class '%s'", val_path,
+                      graft_dataset_class_name(train, c));
+            return 0;
+        }
+    }
+    if (nv != nt) {
+        cli_error("%s: the validation data has %lld classes, the training data %lld", val_path,
+                  (long long)nv, (long long)nt);
+        return 0;
+    }
+    return 1;
+}
+
 int run_training(train_options *o, const char *data, const char *unused)
 {
+    int checked = out_check(o);
+    if (checked != CLI_OK)
+        return checked;
     graft_model *model = NULL;
     if (graft_model_load(o->base, &model) != GRAFT_OK) {
         cli_error("%s", graft_last_error());
@@ -326,6 +441,8 @@ int run_training(train_options *o, const char *data, const char *unused)
     }
     if (rc) {
         cli_error("%s", graft_last_error());
+        status = CLI_BAD_INPUT;
+    } else if (o->val && !same_classes(train, val, o->val)) {
         status = CLI_BAD_INPUT;
     } else {
         print_dataset(o, "train", train);

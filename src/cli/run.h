@@ -16,4 +16,7 @@ int run_training(train_options *o, const char *data, const char *unused);
 int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft_dataset *val,
                graft_dataset *test, graft_dataset *thumbs, double *phase_accuracy);
 
+/* OUT may be written: absent, or a graft folder and --force given. */
+int out_check(const train_options *o);
+
 #endif

@@ -16,15 +16,16 @@ void graft_recipe_defaults(graft_recipe *r)
     r->augment.zoom = 0.1;
     r->cache_views = 4;
     graft_train_config_defaults(&r->phase1);
-    r->phase1.epochs = 30;
+    /* Epochs from cached features cost almost nothing: let early stopping end it. */
+    r->phase1.epochs = 100;
     r->phase1.learning_rate = 1e-3;
-    r->phase1.patience = 5;
+    r->phase1.patience = 10;
     r->phase1.label_smoothing = 0.1;
     r->fine_tune = 1;
     graft_train_config_defaults(&r->phase2);
-    r->phase2.epochs = 10;
-    r->phase2.learning_rate = 1e-5;
-    r->phase2.patience = 3;
+    r->phase2.epochs = 20;
+    r->phase2.learning_rate = 1e-4;
+    r->phase2.patience = 5;
     r->phase2.label_smoothing = 0.1;
     r->phase2.bn_inference = 1;
 }

@@ -1,0 +1,226 @@
+/* graft train end to end on a small image folder the test writes: the output
+ * folder is complete and consistent, TF.js loads the saved model and reproduces
+ * graft's predictions, and bad usage gets a clear message and exit status. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <math.h>
+#include <png.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "graft.h"
+
+enum { CLASSES = 3, PER_CLASS = 10, SIDE = 48, NET = 64 };
+static const char *const class_names[CLASSES] = {"circles", "squares", "stripes"};
+static char root[64], data[128], out[128];
+
+static void write_image(const char *path, int cls, int k)
+{
+    unsigned char px[SIDE * SIDE * 3];
+    for (int y = 0; y < SIDE; y++)
+        for (int x = 0; x < SIDE; x++) {
+            int on = cls == 0   ? (x - 24) * (x - 24) + (y - 24) * (y - 24) < (10 + k) * (10 + k)
+                     : cls == 1 ? abs(x - 24) < 8 + k && abs(y - 24) < 8 + k
+                                : ((x + k) / 4) % 2;
+            unsigned char *p = px + 3 * (y * SIDE + x);
+            p[0] = (unsigned char)(on ? 220 - 5 * k : 20 + 3 * k);
+            p[1] = (unsigned char)(on ? 60 + 10 * cls : 200);
+            p[2] = (unsigned char)(40 * cls + 2 * k);
+        }
+    png_image img;
+    memset(&img, 0, sizeof img);
+    img.version = PNG_IMAGE_VERSION;
+    img.width = img.height = SIDE;
+    img.format = PNG_FORMAT_RGB;
+    assert_true(png_image_write_to_file(&img, path, 0, px, 0, NULL));
+}
+
+static int run(const char *args, char *err, size_t size)
+{
+    char cmd[4096], err_path[256];
+    snprintf(err_path, sizeof err_path, "%s/stderr.txt", root);
+    snprintf(cmd, sizeof cmd, "'%s' %s > '%s/stdout.txt' 2>'%s'", getenv("GRAFT_CLI"), args, root,
+             err_path);
+    int status = system(cmd);
+    FILE *f = fopen(err_path, "r");
+    size_t n = f ? fread(err, 1, size - 1, f) : 0;
+    err[n] = '\0';
+    if (f)
+        fclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static json_t *load_json(const char *dir, const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    json_error_t e;
+    json_t *j = json_load_file(path, 0, &e);
+    if (!j)
+        fail_msg("%s: %s", path, e.text);
+    return j;
+}
+
+static const char *train_args(void)
+{
+    static char args[1024];
+    snprintf(args, sizeof args,
+             "train '%s' -o '%s' --size %d --epochs 4 --fine-tune-epochs 2 --batch 8 "
+             "--augment flip --cache-views 2 --seed 3 --threads 2",
+             data, out, NET);
+    return args;
+}
+
+static void train_writes_a_consistent_folder_tfjs_reproduces(void **state)
+{
+    char err[4096];
+    int status = run(train_args(), err, sizeof err);
+    if (status != 0)
+        fail_msg("graft train exited %d: %s", status, err);
+    const char *files[] = {"model.json", "labels.txt", "metrics.json", "config.json", "report.html"};
+    for (int i = 0; i < 5; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", out, files[i]);
+        assert_int_equal(access(path, F_OK), 0);
+    }
+    graft_model *m = NULL;
+    assert_int_equal(graft_model_load(out, &m), GRAFT_OK);
+    assert_int_equal(graft_model_output_size(m), CLASSES);
+    for (int c = 0; c < CLASSES; c++)
+        assert_string_equal(graft_model_label(m, c), class_names[c]);
+    json_t *metrics = load_json(out, "metrics.json"), *config = load_json(out, "config.json");
+    json_t *history = json_object_get(metrics, "history");
+    int first2 = (int)json_integer_value(json_object_get(metrics, "phase2_first_epoch"));
+    assert_true(json_array_size(history) >= 2 && first2 >= 1);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(history, (size_t)first2),
+                                                        "phase")), 2);
+    json_t *val = json_object_get(metrics, "val");
+    assert_int_equal(json_array_size(json_object_get(val, "confusion")), CLASSES);
+    assert_int_equal(json_integer_value(json_object_get(config, "seed")), 3);
+    assert_string_equal(json_string_value(json_object_get(config, "cut")), "out_relu");
+
+    /* The model's predictions on every image, through graft and through TF.js. */
+    int n = CLASSES * PER_CLASS;
+    float *x = malloc(sizeof(float) * (size_t)n * NET * NET * 3), probs[CLASSES * PER_CLASS * CLASSES];
+    for (int c = 0, i = 0; c < CLASSES; c++)
+        for (int k = 0; k < PER_CLASS; k++, i++) {
+            char path[512];
+            snprintf(path, sizeof path, "%s/%s/%d.png", data, class_names[c], k);
+            assert_int_equal(graft_image_load(path, NET, NET, GRAFT_RESIZE_STRETCH,
+                                              GRAFT_PREPROCESS_MOBILENET, x + (size_t)i * NET * NET * 3),
+                             GRAFT_OK);
+        }
+    assert_int_equal(graft_model_forward(m, x, n, probs), GRAFT_OK);
+    char input[256], cmd[2048], ref_path[256];
+    snprintf(input, sizeof input, "%s/input.bin", root);
+    FILE *f = fopen(input, "wb");
+    fwrite(x, sizeof(float), (size_t)n * NET * NET * 3, f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "node '%s/tests/node/tfjs_reference.js' --model '%s' --input '%s' --input-shape "
+             "%d,%d,%d,3 --out '%s/tfjs' > '%s/tfjs.log' 2>&1",
+             GRAFT_SOURCE_DIR, out, input, n, NET, NET, root, root);
+    if (system(cmd) != 0)
+        fail_msg("TF.js failed on the trained model; see %s/tfjs.log", root);
+    snprintf(ref_path, sizeof ref_path, "%s/tfjs/output.bin", root);
+    f = fopen(ref_path, "rb");
+    float ref[CLASSES * PER_CLASS * CLASSES];
+    assert_int_equal(fread(ref, sizeof(float), (size_t)n * CLASSES, f), (size_t)n * CLASSES);
+    fclose(f);
+    double max_diff = 0.0;
+    for (int i = 0; i < n * CLASSES; i++)
+        max_diff = fmax(max_diff, fabs(ref[i] - probs[i]));
+    printf("    trained model: graft vs TF.js max|diff| %.3g over %d images\n", max_diff, n);
+    assert_true(max_diff <= 1e-4);
+    free(x);
+    json_decref(metrics);
+    json_decref(config);
+    graft_model_free(m);
+}
+
+static void existing_out_needs_force_and_is_replaced_whole(void **state)
+{
+    char err[4096];
+    assert_int_equal(run(train_args(), err, sizeof err), 2);
+    assert_non_null(strstr(err, "--force"));
+    char args[1200], marker[256];
+    snprintf(marker, sizeof marker, "%s/stale-file", out);
+    FILE *f = fopen(marker, "w");
+    fclose(f);
+    snprintf(args, sizeof args, "%s --force --no-fine-tune", train_args());
+    int status = run(args, err, sizeof err);
+    if (status != 0)
+        fail_msg("graft train --force exited %d: %s", status, err);
+    assert_int_equal(access(marker, F_OK), -1); /* a new folder, not a merge */
+}
+
+static void bad_usage_gets_message_and_status(void **state)
+{
+    char err[4096], args[1024], plain[256];
+    assert_int_equal(run("train", err, sizeof err), 2);
+    assert_non_null(strstr(err, "needs DATA"));
+    snprintf(plain, sizeof plain, "%s/not-graft", root);
+    mkdir(plain, 0755);
+    snprintf(args, sizeof args, "train '%s' -o '%s'", data, plain);
+    assert_int_equal(run(args, err, sizeof err), 1);
+    assert_non_null(strstr(err, "not a graft output folder"));
+    snprintf(args, sizeof args, "train '%s' -o '%s/x' --size 64 --cut block_99_nothing", data, root);
+    assert_int_equal(run(args, err, sizeof err), 1);
+    assert_non_null(strstr(err, "block_99_nothing"));
+    snprintf(args, sizeof args, "train '%s/missing' -o '%s/y'", root, root);
+    assert_int_equal(run(args, err, sizeof err), 1);
+    assert_non_null(strstr(err, "missing"));
+    /* A validation source without one of the training classes. */
+    char val[256], cmd[600];
+    snprintf(val, sizeof val, "%s/val", root);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp -r '%s/circles' '%s/squares' '%s/'", val, data,
+             data, val);
+    assert_int_equal(system(cmd), 0);
+    snprintf(args, sizeof args, "train '%s' -o '%s/z' --size 64 --val '%s'", data, root, val);
+    assert_int_equal(run(args, err, sizeof err), 1);
+    assert_non_null(strstr(err, "stripes"));
+}
+
+static int setup(void **state)
+{
+    snprintf(root, sizeof root, "/tmp/graft-cli-train-XXXXXX");
+    if (!mkdtemp(root))
+        return -1;
+    snprintf(data, sizeof data, "%s/data", root);
+    snprintf(out, sizeof out, "%s/out", root);
+    mkdir(data, 0755);
+    for (int c = 0; c < CLASSES; c++) {
+        char dir[256], path[512];
+        snprintf(dir, sizeof dir, "%s/%s", data, class_names[c]);
+        mkdir(dir, 0755);
+        for (int k = 0; k < PER_CLASS; k++) {
+            snprintf(path, sizeof path, "%s/%d.png", dir, k);
+            write_image(path, c, k);
+        }
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(train_writes_a_consistent_folder_tfjs_reproduces),
+        cmocka_unit_test(existing_out_needs_force_and_is_replaced_whole),
+        cmocka_unit_test(bad_usage_gets_message_and_status),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
