@@ -157,6 +157,9 @@ void graft_model_set_trainable_all(graft_model *model, int trainable);
 graft_status graft_model_unfreeze_from(graft_model *model, const char *name);
 /* Freezes all but the last n layers that have weights. */
 graft_status graft_model_unfreeze_last(graft_model *model, int n);
+/* Freezes all but the last n blocks; a block ends at a residual Add or a
+ * Concatenate, and the layers after the last such merge count as one block. */
+graft_status graft_model_unfreeze_last_blocks(graft_model *model, int n);
 
 /* ---- training -------------------------------------------------------------- */
 

@@ -117,6 +117,36 @@ static void dense_after_flatten_refuses_a_new_size(void **state)
     graft_model_free(m);
 }
 
+static int trainable(graft_model *m, const char *name)
+{
+    graft_layer_info info;
+    assert_int_equal(graft_model_layer_info(m, graft_model_find_layer(m, name), &info), GRAFT_OK);
+    return info.trainable;
+}
+
+static void freezing_by_name_layers_and_blocks(void **state)
+{
+    char base[512];
+    snprintf(base, sizeof base, "%s/models/mobilenet_v2", GRAFT_SOURCE_DIR);
+    graft_model *m = load(base);
+    assert_int_equal(graft_model_cut(m, "out_relu"), GRAFT_OK);
+    /* Last block: after block_15_add, so block_16 and the final 1x1 conv. */
+    assert_int_equal(graft_model_unfreeze_last_blocks(m, 1), GRAFT_OK);
+    assert_true(trainable(m, "block_16_expand") && trainable(m, "Conv_1"));
+    assert_false(trainable(m, "block_15_add") || trainable(m, "block_15_expand"));
+    assert_int_equal(graft_model_unfreeze_last_blocks(m, 2), GRAFT_OK);
+    assert_true(trainable(m, "block_15_expand") && trainable(m, "block_15_add"));
+    assert_false(trainable(m, "block_14_add"));
+    assert_int_equal(graft_model_unfreeze_last(m, 2), GRAFT_OK); /* Conv_1 and its BN */
+    assert_true(trainable(m, "Conv_1") && trainable(m, "Conv_1_bn"));
+    assert_false(trainable(m, "block_16_project_BN"));
+    assert_int_equal(graft_model_unfreeze_from(m, "block_11_expand"), GRAFT_OK);
+    assert_true(trainable(m, "block_11_expand") && trainable(m, "out_relu"));
+    assert_false(trainable(m, "block_10_project_BN"));
+    assert_int_equal(graft_model_unfreeze_from(m, "nope"), GRAFT_E_NOT_FOUND);
+    graft_model_free(m);
+}
+
 static void cut_at_unknown_layer_names_it(void **state)
 {
     char base[512];
@@ -159,6 +189,7 @@ int main(void)
         cmocka_unit_test(cut_add_head_save_reload_matches_graft_and_tfjs),
         cmocka_unit_test(base_at_96x96_saves_and_matches_tfjs),
         cmocka_unit_test(dense_after_flatten_refuses_a_new_size),
+        cmocka_unit_test(freezing_by_name_layers_and_blocks),
         cmocka_unit_test(cut_at_unknown_layer_names_it),
         cmocka_unit_test(save_into_a_file_path_fails_cleanly),
     };

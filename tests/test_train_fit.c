@@ -384,6 +384,60 @@ static void early_stopping_restores_best_weights(void **state)
     free(val.y);
 }
 
+/* Reduce-on-plateau cuts the rate by its factor after `plateau_patience` epochs
+ * without a better val loss; with a vanishing layer decay every group below the
+ * top one gets a rate too small to move a float, so only the head moves. */
+static void plateau_cuts_rate_and_layer_decay_scales_groups(void **state)
+{
+    dataset train, val;
+    dataset_make(&train, N_TRAIN, 16);
+    dataset_make(&val, N_VAL, 17);
+    graft_batch_source src = source_of(&train), vsrc = source_of(&val);
+    graft_model *m = load_net();
+    epoch_log log = {0};
+    graft_train_config c = base_config();
+    c.epochs = 8;
+    c.learning_rate = 0.3; /* too high: val loss stalls, the plateau rule must act */
+    c.plateau_patience = 1;
+    c.plateau_factor = 0.1;
+    c.on_epoch = record_epoch;
+    c.user = &log;
+    assert_int_equal(graft_train(m, &src, &vsrc, &c, NULL), GRAFT_OK);
+    int cuts = 0;
+    for (int i = 1; i < log.n; i++) {
+        double ratio = log.e[i].learning_rate / log.e[i - 1].learning_rate;
+        assert_true(fabs(ratio - 1.0) < 1e-9 || fabs(ratio - 0.1) < 1e-9);
+        cuts += fabs(ratio - 0.1) < 1e-9;
+        if (fabs(ratio - 0.1) < 1e-9)
+            assert_false(log.e[i - 1].best); /* only after an epoch that did not improve */
+    }
+    printf("    plateau: %d cuts over %d epochs\n", cuts, log.n);
+    assert_true(cuts >= 1);
+    graft_model_free(m);
+
+    m = load_net();
+    size_t bytes = sizeof(float) * (size_t)m->n_params;
+    float *before = malloc(bytes);
+    memcpy(before, m->params, bytes);
+    graft_train_config d = base_config();
+    d.epochs = 2;
+    d.layer_lr = GRAFT_LAYER_LR_DECAY;
+    d.layer_decay = 1e-20; /* lower groups' steps fall far below a float's resolution */
+    d.bn_inference = 1; /* so frozen-rate BatchNorms keep their statistics too */
+    assert_int_equal(graft_train(m, &src, NULL, &d, NULL), GRAFT_OK);
+    graft__layer *head = graft__graph_find_layer(m, "head"), *conv1 = graft__graph_find_layer(m, "conv1");
+    int64_t cw = graft__shape_elems(&conv1->weights[0].shape);
+    assert_memory_equal(before + conv1->weights[0].offset, conv1->weights[0].data, sizeof(float) * (size_t)cw);
+    assert_true(memcmp(before + head->weights[0].offset, head->weights[0].data,
+                       sizeof(float) * 16 * CLASSES) != 0);
+    free(before);
+    graft_model_free(m);
+    free(train.x);
+    free(train.y);
+    free(val.x);
+    free(val.y);
+}
+
 /* A stop request mid-epoch checkpoints; resuming ends with the same weights. */
 static void stop_request_checkpoints_and_resume_matches(void **state)
 {
@@ -493,6 +547,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(same_seed_gives_bit_identical_weights),
         cmocka_unit_test(feature_cache_gives_same_head_and_reads_each_example_once),
         cmocka_unit_test(early_stopping_restores_best_weights),
+        cmocka_unit_test(plateau_cuts_rate_and_layer_decay_scales_groups),
         cmocka_unit_test(stop_request_checkpoints_and_resume_matches),
         cmocka_unit_test(kill_9_then_resume_matches_uninterrupted_run),
     };

@@ -111,3 +111,33 @@ graft_status graft_model_unfreeze_last(graft_model *m, int n)
         m->layers[i]->trainable = i >= from;
     return GRAFT_OK;
 }
+
+static int is_merge(const graft__layer *layer)
+{
+    return !strcmp(layer->ops->class_name, "Add") || !strcmp(layer->ops->class_name, "Concatenate");
+}
+
+/* A block ends at a residual Add or a Concatenate (MobileNet's and Inception's
+ * blocks); the layers after the last one (e.g. MobileNetV2's final 1x1 conv)
+ * belong to the last block. */
+graft_status graft_model_unfreeze_last_blocks(graft_model *m, int n)
+{
+    if (!m || n < 0)
+        return graft__fail(GRAFT_E_INVALID_ARG, "unfreeze_last_blocks: n must be >= 0");
+    int seen = 0, start_node = 0;
+    for (int i = m->n_nodes - 1; i >= 0; i--) {
+        if (!is_merge(m->nodes[i].layer))
+            continue;
+        if (++seen == n) {
+            start_node = i + 1;
+            break;
+        }
+    }
+    if (n == 0)
+        start_node = m->n_nodes;
+    for (int l = 0; l < m->n_layers; l++)
+        m->layers[l]->trainable = 0;
+    for (int i = start_node; i < m->n_nodes; i++)
+        m->nodes[i].layer->trainable = 1;
+    return GRAFT_OK;
+}
