@@ -145,6 +145,23 @@ static void train_writes_a_consistent_folder_tfjs_reproduces(void **state)
     graft_model_free(m);
 }
 
+/* OUT/config.json repeats the run: the same settings give the same weights. */
+static void config_json_repeats_the_run_exactly(void **state)
+{
+    char err[4096], args[1024], again[256], a[512], b[512];
+    snprintf(again, sizeof again, "%s/again", root);
+    snprintf(args, sizeof args, "train '%s' -o '%s' --threads 2 --config '%s/config.json'", data,
+             again, out);
+    int status = run(args, err, sizeof err);
+    if (status != 0)
+        fail_msg("graft train --config exited %d: %s", status, err);
+    snprintf(a, sizeof a, "cmp -s '%s/group1-shard1of3.bin' '%s/group1-shard1of3.bin' && "
+             "cmp -s '%s/group1-shard3of3.bin' '%s/group1-shard3of3.bin'", out, again, out, again);
+    assert_int_equal(system(a), 0);
+    snprintf(b, sizeof b, "cmp -s '%s/config.json' '%s/config.json'", out, again);
+    assert_int_equal(system(b), 0);
+}
+
 static void existing_out_needs_force_and_is_replaced_whole(void **state)
 {
     char err[4096];
@@ -219,6 +236,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(train_writes_a_consistent_folder_tfjs_reproduces),
+        cmocka_unit_test(config_json_repeats_the_run_exactly),
         cmocka_unit_test(existing_out_needs_force_and_is_replaced_whole),
         cmocka_unit_test(bad_usage_gets_message_and_status),
     };

@@ -32,6 +32,7 @@ const char train_options_help[] =
     "                          flip, vflip, rotation, zoom, translate, crop, brightness,\n"
     "                          contrast, saturation, hue, erasing\n"
     "  --cache-views K         augmented views cached for frozen layers (default 4)\n"
+    "  --cache-float16         keep cached features as float16 (half the memory)\n"
     "phase 1 (frozen base, new head):\n"
     "  --epochs N              maximum epochs (default 100; early stopping ends it)\n"
     "  --lr X                  learning rate (default 1e-3)\n"
@@ -217,6 +218,10 @@ int train_options_parse(train_options *o, int argc, char **argv, int *i)
         o->force = 1;
         return 1;
     }
+    if (!strcmp(a, "--cache-float16")) {
+        o->recipe.phase1.cache_float16 = o->recipe.phase2.cache_float16 = 1;
+        return 1;
+    }
     if (!strcmp(a, "--config")) {
         if (*i + 1 >= argc) {
             cli_error("--config needs a file");
@@ -232,6 +237,30 @@ int train_options_parse(train_options *o, int argc, char **argv, int *i)
     if (r < 0 && !value)
         cli_error("%s needs a value", a);
     return r;
+}
+
+/* The "augment" object config.json holds, as --augment would give it. */
+static int augment_from_json(graft_augment *a, const json_t *obj, const char *path)
+{
+    char text[512] = "";
+    size_t used = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)obj, key, v)
+    {
+        if (json_is_boolean(v) && json_is_true(v))
+            used += (size_t)snprintf(text + used, sizeof text - used, "%s%s", used ? "," : "", key);
+        else if (json_is_number(v) && json_number_value(v) != 0.0)
+            used += (size_t)snprintf(text + used, sizeof text - used, "%s%s=%.17g", used ? "," : "",
+                                     key, json_number_value(v));
+        else if (!json_is_boolean(v) && !json_is_number(v)) {
+            cli_error("%s: augment.%s must be a number or true/false", path, key);
+            return 0;
+        }
+        if (used >= sizeof text)
+            return 0;
+    }
+    return parse_augment(a, used ? text : "none");
 }
 
 int train_options_load_json(train_options *o, const char *path)
@@ -262,11 +291,22 @@ int train_options_load_json(train_options *o, const char *path)
         else if (json_is_boolean(v) && !strcmp(key, "fine_tune")) {
             o->recipe.fine_tune = json_is_true(v);
             continue;
+        } else if (json_is_boolean(v) && !strcmp(key, "cache_float16")) {
+            o->recipe.phase1.cache_float16 = o->recipe.phase2.cache_float16 = json_is_true(v);
+            continue;
+        } else if (json_is_object(v) && !strcmp(key, "augment")) {
+            if (!augment_from_json(&o->recipe.augment, v, path)) {
+                ok = 0;
+                break;
+            }
+            continue;
         } else {
             cli_error("%s: '%s' has an unsupported value type", path, key);
             ok = 0;
             break;
         }
+        if (json_is_string(v) && !*text)
+            continue; /* an empty string means "not set" (e.g. fine_tune_at without phase 2) */
         int r = apply(o, name, text);
         if (r == 0)
             cli_error("%s: unknown setting '%s'", path, key);
@@ -308,6 +348,7 @@ json_t *train_options_to_json(const train_options *o, const graft_recipe_result 
     json_object_set_new(j, "l2_sp", json_real(r->phase1.l2_sp));
     json_object_set_new(j, "label_smoothing", json_real(r->phase1.label_smoothing));
     json_object_set_new(j, "seed", json_integer((json_int_t)r->seed));
+    json_object_set_new(j, "cache_float16", json_boolean(r->phase1.cache_float16));
     if (o->val)
         json_object_set_new(j, "val", json_string(o->val));
     if (r->phase2.layer_lr == GRAFT_LAYER_LR_DECAY)
