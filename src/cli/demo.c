@@ -139,9 +139,12 @@ int cli_demo(int argc, char **argv)
         o.recipe.on_phase_end = measure_test;
         o.recipe.user = &d;
         status = run_recipe(&o, model, train, val, NULL, thumbs, NULL);
-        if (!o.quiet && status == CLI_OK)
+        if (!o.quiet && status == CLI_OK && o.recipe.fine_tune)
             printf("demo: test accuracy %.4f after phase 1, %.4f after phase 2, in %lld s\n",
                    d.accuracy[1], d.accuracy[2], (long long)(time(NULL) - start));
+        else if (!o.quiet && status == CLI_OK)
+            printf("demo: test accuracy %.4f (phase 1 only), in %lld s\n", d.accuracy[1],
+                   (long long)(time(NULL) - start));
     }
     graft_dataset_free(thumbs);
     graft_dataset_free(thumb_train);
