@@ -140,6 +140,10 @@ graft_status graft_model_add_classifier(graft_model *model, int64_t classes, dou
  * any size); fails, leaving the model as it was, when a layer's weights or shape
  * rules do not allow it (e.g. a Dense after Flatten). */
 graft_status graft_model_set_input_size(graft_model *model, int64_t height, int64_t width);
+/* Replaces every weight by a fresh Keras-default initialisation (Glorot-uniform
+ * kernels, zero biases, identity BatchNorm): the same architecture without what
+ * pretraining learned, to measure what transfer buys. */
+graft_status graft_model_reinitialize(graft_model *model, uint64_t seed);
 /* Replaces the class labels (copied). */
 graft_status graft_model_set_labels(graft_model *model, const char *const *labels, int64_t n);
 

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "graft.h"
+#include "model/model.h"
 
 enum { BATCH = 2, MAX_SIZE = 224 * 224 * 3, CLASSES = 10 };
 
@@ -147,6 +148,36 @@ static void freezing_by_name_layers_and_blocks(void **state)
     graft_model_free(m);
 }
 
+/* --base random: Glorot-uniform kernels within their limit, identity BatchNorm. */
+static void reinitialize_gives_keras_default_weights(void **state)
+{
+    char base[512];
+    snprintf(base, sizeof base, "%s/models/mobilenet_v2", GRAFT_SOURCE_DIR);
+    graft_model *m = load(base);
+    float *x = input_batch(), before[BATCH * 5], after[BATCH * 5];
+    assert_int_equal(graft_model_forward(m, x, BATCH, before), GRAFT_OK);
+    assert_int_equal(graft_model_reinitialize(m, 1), GRAFT_OK);
+    assert_int_equal(graft_model_forward(m, x, BATCH, after), GRAFT_OK);
+    assert_true(memcmp(before, after, sizeof before) != 0);
+    /* Conv_1: 1x1, 320 -> 1280: limit sqrt(6 / (320 + 1280)); uniform, so the
+     * mean square is limit^2 / 3. */
+    graft__layer *conv = graft__graph_find_layer(m, "Conv_1"), *bn = graft__graph_find_layer(m, "Conv_1_bn");
+    double limit = sqrt(6.0 / (320 + 1280)), sq = 0.0;
+    int64_t n = 320 * 1280;
+    for (int64_t i = 0; i < n; i++) {
+        assert_true(fabs(conv->weights[0].data[i]) <= limit);
+        sq += (double)conv->weights[0].data[i] * conv->weights[0].data[i];
+    }
+    printf("    Conv_1 mean square %.4g, expected %.4g\n", sq / n, limit * limit / 3);
+    assert_true(fabs(sq / n - limit * limit / 3) < 0.02 * limit * limit);
+    for (int w = 0; w < bn->n_weights; w++)
+        for (int64_t i = 0; i < 1280; i++)
+            assert_true(bn->weights[w].data[i] ==
+                        (!strcmp(bn->weights[w].name, "gamma") || !strcmp(bn->weights[w].name, "moving_variance") ? 1.0f : 0.0f));
+    free(x);
+    graft_model_free(m);
+}
+
 static void cut_at_unknown_layer_names_it(void **state)
 {
     char base[512];
@@ -190,6 +221,7 @@ int main(void)
         cmocka_unit_test(base_at_96x96_saves_and_matches_tfjs),
         cmocka_unit_test(dense_after_flatten_refuses_a_new_size),
         cmocka_unit_test(freezing_by_name_layers_and_blocks),
+        cmocka_unit_test(reinitialize_gives_keras_default_weights),
         cmocka_unit_test(cut_at_unknown_layer_names_it),
         cmocka_unit_test(save_into_a_file_path_fails_cleanly),
     };

@@ -111,7 +111,7 @@ int cli_demo(int argc, char **argv)
     demo_state d = {0};
     d.quiet = o.quiet;
     time_t start = time(NULL);
-    graft_status rc = graft_model_load(o.base, &model);
+    graft_status rc = load_base(&o, &model);
     if (!rc)
         rc = open_idx(data, "train", o.size, o.preprocess, &pool);
     if (!rc)

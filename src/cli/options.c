@@ -17,9 +17,19 @@ const char *default_base(void)
     return env && *env ? env : GRAFT_DEFAULT_MODELS "/mobilenet_v2";
 }
 
+graft_status load_base(const train_options *o, graft_model **out)
+{
+    int random = !strcmp(o->base, "random");
+    graft_status rc = graft_model_load(random ? default_base() : o->base, out);
+    if (!rc && random)
+        rc = graft_model_reinitialize(*out, o->recipe.seed ^ 0xba5eull);
+    return rc;
+}
+
 const char train_options_help[] =
     "model:\n"
-    "  --base DIR              pretrained base (default: the MobileNetV2 set-up installs)\n"
+    "  --base DIR              pretrained base (default: the MobileNetV2 set-up installs);\n"
+    "                          'random': the same architecture with fresh weights (a baseline)\n"
     "  --cut LAYER             feature layer to cut at (default: the last spatial one, e.g. out_relu)\n"
     "  --size S                train at SxS pixels (default: the base's input size)\n"
     "  --dropout P             dropout before the new classifier (default 0.2)\n"

@@ -35,5 +35,7 @@ extern const char train_options_help[];
 
 /* Default base: models/mobilenet_v2 from the source tree set-up filled. */
 const char *default_base(void);
+/* Loads --base; "random" is the default base's architecture with fresh weights. */
+graft_status load_base(const train_options *o, graft_model **out);
 
 #endif

@@ -417,7 +417,7 @@ int run_training(train_options *o, const char *data, const char *unused)
     if (checked != CLI_OK)
         return checked;
     graft_model *model = NULL;
-    if (graft_model_load(o->base, &model) != GRAFT_OK) {
+    if (load_base(o, &model) != GRAFT_OK) {
         cli_error("%s", graft_last_error());
         return CLI_BAD_INPUT;
     }

@@ -232,3 +232,38 @@ graft_status graft_model_set_labels(graft_model *m, const char *const *labels, i
     m->n_labels = n;
     return GRAFT_OK;
 }
+
+/* Keras's defaults: Glorot-uniform kernels, zero biases, BatchNorm as identity. */
+static void reinit_weight(graft__weight *w, uint64_t seed)
+{
+    int64_t n = graft__shape_elems(&w->shape);
+    float fill = !strcmp(w->name, "gamma") || !strcmp(w->name, "moving_variance") ? 1.0f : 0.0f;
+    w->loaded = 0;
+    if (!strstr(w->name, "kernel")) {
+        for (int64_t i = 0; i < n; i++)
+            w->data[i] = fill;
+        return;
+    }
+    /* (KH, KW, in, out) or (in, out): receptive field times the last two axes. */
+    int64_t field = 1;
+    for (int d = 0; d + 2 < w->shape.rank; d++)
+        field *= w->shape.dim[d];
+    int64_t fan_in = field * w->shape.dim[w->shape.rank - 2];
+    int64_t fan_out = field * w->shape.dim[w->shape.rank - 1];
+    float limit = sqrtf(6.0f / (float)(fan_in + fan_out));
+    for (int64_t i = 0; i < n; i++)
+        w->data[i] = (2.0f * graft__uniform(seed, (uint64_t)i) - 1.0f) * limit;
+}
+
+graft_status graft_model_reinitialize(graft_model *m, uint64_t seed)
+{
+    if (!m)
+        return graft__fail(GRAFT_E_INVALID_ARG, "graft_model_reinitialize: no model");
+    for (int l = 0; l < m->n_layers; l++)
+        for (int w = 0; w < m->layers[l]->n_weights; w++)
+            reinit_weight(&m->layers[l]->weights[w],
+                          graft__seed_derive(seed, (uint64_t)(l * GRAFT__MAX_WEIGHTS + w)));
+    graft__plan_free(&m->plan);
+    graft__plan_free(&m->plain_plan);
+    return GRAFT_OK;
+}
