@@ -200,6 +200,9 @@ typedef struct graft_epoch_metrics {
 
 /* Called after each epoch; a nonzero return stops training (as early stopping does). */
 typedef int (*graft_epoch_callback)(const graft_epoch_metrics *metrics, void *user);
+/* Called after each optimiser step with the epoch (from 1), the step within it
+ * (from 1), the epoch's step count and the batch loss (progress bars). */
+typedef void (*graft_step_callback)(int epoch, int64_t step, int64_t steps, double loss, void *user);
 
 /* Supplies training examples by index; graft shuffles the indices. Called from
  * the training thread; epoch (from 1) lets a source augment differently each
@@ -253,6 +256,7 @@ typedef struct graft_train_config {
     int resume;                 /* continue from checkpoint when it exists */
     volatile const int *stop;   /* when it becomes nonzero: finish the step, checkpoint, stop */
     graft_epoch_callback on_epoch;
+    graft_step_callback on_step;
     void *user;
 } graft_train_config;
 

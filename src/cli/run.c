@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -23,11 +24,44 @@ typedef struct progress {
     graft_epoch_metrics history[MAX_EPOCHS];
     int phase2_first;                   /* index into history, -1 before phase 2 */
     int max_epochs[3];
+    int tty;                            /* stdout is a terminal: draw progress bars */
+    double epoch_start;
 } progress;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* On a terminal, one bar per epoch, redrawn in place. */
+static void on_step(int epoch, int64_t step, int64_t steps, double loss, void *user)
+{
+    progress *p = user;
+    if (!p->tty || p->o->quiet || p->o->json)
+        return;
+    if (step == 1)
+        p->epoch_start = now_seconds();
+    double elapsed = now_seconds() - p->epoch_start;
+    double eta = step > 0 ? elapsed * (double)(steps - step) / (double)step : 0.0;
+    int width = 24, done = (int)(width * step / (steps > 0 ? steps : 1));
+    char bar[32];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < done ? '=' : i == done ? '>' : ' ';
+    bar[width] = '\0';
+    printf("\rphase %d epoch %d/%d [%s] %lld/%lld  loss %.4f  ETA %.0fs   ",
+           p->phase == 1 && epoch == 1 && p->n > 0 ? 2 : p->phase, epoch,
+           p->max_epochs[p->phase == 1 && epoch == 1 && p->n > 0 ? 2 : p->phase], bar,
+           (long long)step, (long long)steps, loss, eta);
+    fflush(stdout);
+}
 
 static int on_epoch(const graft_epoch_metrics *e, void *user)
 {
     progress *p = user;
+    if (p->tty && !p->o->quiet && !p->o->json)
+        printf("\r%*s\r", 100, "");
     if (e->epoch == 1 && p->n > 0 && p->phase == 1) {
         p->phase = 2;
         p->phase2_first = p->n;
@@ -270,6 +304,8 @@ int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft
     p->max_epochs[1] = o->recipe.phase1.epochs;
     p->max_epochs[2] = o->recipe.phase2.epochs;
     o->recipe.phase1.on_epoch = o->recipe.phase2.on_epoch = on_epoch;
+    o->recipe.phase1.on_step = o->recipe.phase2.on_step = on_step;
+    p->tty = isatty(STDOUT_FILENO);
     o->recipe.phase1.user = o->recipe.phase2.user = p;
     graft_recipe_result res;
     int status = CLI_OK;

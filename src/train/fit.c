@@ -402,6 +402,8 @@ static graft_status run_epoch(graft__fit *f, const graft_batch_source *train,
         f->state.loss_sum += loss * (double)n;
         f->state.correct_sum += correct;
         f->state.next_batch++;
+        if (c->on_step)
+            c->on_step(epoch, f->state.next_batch, f->steps_per_epoch, loss, c->user);
         if (c->stop && *c->stop && b + n < train->count)
             return GRAFT_E_INTERRUPTED;
     }
