@@ -94,17 +94,19 @@ int cli_demo(int argc, char **argv)
             continue;
         }
         int r = train_options_parse(&o, argc, argv, &i);
-        if (r < 0)
-            return CLI_BAD_USAGE;
-        if (r == 0) {
+        if (r == 0)
             cli_error("demo: unexpected argument '%s' (see graft demo --help)", argv[i]);
+        if (r <= 0) {
+            train_options_free(&o);
             return CLI_BAD_USAGE;
         }
     }
     cli_set_threads(o.threads);
     int checked = out_check(&o);
-    if (checked != CLI_OK)
+    if (checked != CLI_OK) {
+        train_options_free(&o);
         return checked;
+    }
     graft_model *model = NULL;
     graft_dataset *pool = NULL, *shots_ds = NULL, *train = NULL, *val = NULL, *test = NULL;
     graft_dataset *thumb_pool = NULL, *thumb_shots = NULL, *thumb_train = NULL, *thumbs = NULL;
@@ -156,5 +158,6 @@ int cli_demo(int argc, char **argv)
     graft_dataset_free(test);
     graft_dataset_free(pool);
     graft_model_free(model);
+    train_options_free(&o);
     return status;
 }

@@ -77,6 +77,12 @@ void train_options_defaults(train_options *o)
     snprintf(o->optimizer, sizeof o->optimizer, "adam");
 }
 
+void train_options_free(train_options *o)
+{
+    json_decref(o->config_root);
+    o->config_root = NULL;
+}
+
 static int parse_double(const char *opt, const char *text, double *out)
 {
     char *end = NULL;
@@ -325,9 +331,13 @@ int train_options_load_json(train_options *o, const char *path)
             break;
         }
     }
-    /* The strings must outlive the JSON object: keep it (a handful of bytes). */
-    if (!ok)
+    /* Option strings point into the JSON: keep it until train_options_free. */
+    if (ok) {
+        json_decref(o->config_root);
+        o->config_root = root;
+    } else {
         json_decref(root);
+    }
     return ok;
 }
 

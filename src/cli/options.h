@@ -15,11 +15,13 @@ typedef struct train_options {
     double val_split;
     long threads;
     int json, quiet, force;
+    json_t *config_root;   /* a --config file, kept while its strings are in use */
     graft_preprocess preprocess;
     graft_resize_mode resize;
 } train_options;
 
 void train_options_defaults(train_options *o);
+void train_options_free(train_options *o);
 
 /* Consumes the option at argv[*i] (and its value) if it is a recipe option;
  * returns 1 if consumed, 0 if not one of them, -1 on a bad value (printed). */

@@ -41,20 +41,26 @@ int cli_train(int argc, char **argv)
             continue;
         }
         int r = train_options_parse(&o, argc, argv, &i);
-        if (r < 0)
+        if (r < 0) {
+            train_options_free(&o);
             return CLI_BAD_USAGE;
+        }
         if (r > 0)
             continue;
         if (argv[i][0] == '-' || data) {
             cli_error("train: unexpected argument '%s' (see graft train --help)", argv[i]);
+            train_options_free(&o);
             return CLI_BAD_USAGE;
         }
         data = argv[i];
     }
     if (!data || !o.out) {
         cli_error("train: needs DATA and -o OUT (see graft train --help)");
+        train_options_free(&o);
         return CLI_BAD_USAGE;
     }
     cli_set_threads(o.threads);
-    return run_training(&o, data, NULL);
+    int status = run_training(&o, data, NULL);
+    train_options_free(&o);
+    return status;
 }
