@@ -177,6 +177,16 @@ done:
     return rc;
 }
 
+/* |y|^2 outside the column space of F: y2 - sum p2, which is exactly 0 when the
+ * eigenvectors span R^n (full-rank F, n <= d). Rounding leaves +-1e-16 * y2 there, and
+ * a spurious positive rest would cap beta at n / rest and shift the beta -> inf limit,
+ * so anything below 1e-9 * y2 counts as 0. */
+static double outside_part(double y2, double p2_sum)
+{
+    const double rest = y2 - p2_sum;
+    return rest > 1e-9 * y2 ? rest : 0.0;
+}
+
 /* The pieces of L(alpha, beta): gamma, |m|^2, |F m - y|^2 and log det A. */
 typedef struct terms {
     double gamma, mtm, res, logdet;
@@ -196,8 +206,7 @@ static terms evidence_terms(const double *sigma, const double *p2, int64_t k, in
         r.logdet += log(den);
         p2_sum += p2[i];
     }
-    const double outside = y2 - p2_sum; /* the part of y outside the column space of F */
-    r.res += outside > 0 ? outside : 0.0;
+    r.res += outside_part(y2, p2_sum);
     r.logdet += (double)(d - k) * log(alpha);
     return r;
 }
@@ -248,8 +257,7 @@ static double profile(const double *sigma, const double *p2, int64_t k, int64_t 
         p2_sum += p2[i];
         logs += log1p(sigma[i] / t);
     }
-    const double outside = y2 - p2_sum;
-    e += outside > 0 ? outside : 0.0;
+    e += outside_part(y2, p2_sum);
     e = fmax(e, 1e-300);
     if (e_out)
         *e_out = e;

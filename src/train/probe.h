@@ -52,7 +52,8 @@ void graft__logme_spectrum_free(graft__logme_spectrum *spec);
  *   n/2 log beta + d/2 log alpha - n/2 log 2 pi - beta/2 |F m - y|^2 - alpha/2 |m|^2
  *   - 1/2 log det(alpha I_d + beta F^T F), with
  *   |m|^2 = sum_i beta^2 s_i p2_i / (alpha + beta s_i)^2,
- *   |F m - y|^2 = sum_i p2_i (alpha / (alpha + beta s_i))^2 + (y2 - sum_i p2_i),
+ *   |F m - y|^2 = sum_i p2_i (alpha / (alpha + beta s_i))^2 + rest, rest = y2 - sum_i p2_i
+ *   (taken as 0 below 1e-9 * y2: rounding of an exact 0 when F has full row rank),
  *   log det = sum_i log(alpha + beta s_i) + (d - k) log alpha. */
 double graft__logme_evidence(const double *sigma, const double *p2, int64_t k, int64_t n,
                              int64_t d, double y2, double alpha, double beta);
@@ -83,7 +84,8 @@ graft_status graft__logme(const float *features /* (n, d) */, const int32_t *lab
  * minimising the penalised mean cross-entropy
  *   J(V, c) = 1/n sum_i [logsumexp(z_i V + c) - (z_i V + c)_{y_i}] + l2/2 |V|_F^2
  * (bias c not penalised) by L-BFGS (memory 10, backtracking Armijo line search,
- * c1 = 1e-4), stopping when |grad J|_2 <= 1e-9 or after max_iter iterations.
+ * c1 = 1e-4) from V = 0, c = 0, stopping when |grad J|_2 <= 1e-9, when a step lowers J
+ * by no more than 1e-15 * max(1, J) (rounding level), or after max_iter iterations.
  *
  * The returned weights/bias apply to RAW features: the standardisation is folded in,
  *   weights[j, k] = V[j, k] / s_j,  bias[k] = c[k] - sum_j mu_j V[j, k] / s_j,
