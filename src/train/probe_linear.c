@@ -153,7 +153,12 @@ static double lbfgs(const problem *p, double *theta, int max_iter, double *work)
         }
         memcpy(theta, x_new, (size_t)m * sizeof(double));
         memcpy(g, g_new, (size_t)m * sizeof(double));
+        /* Converged to rounding: the decrease has sunk below J's own precision (the
+         * Armijo test then accepts f_new == f forever). */
+        const int stalled = f - f_new <= 1e-15 * fmax(1.0, fabs(f));
         f = f_new;
+        if (stalled)
+            break;
     }
     return f;
 }
