@@ -466,6 +466,60 @@ static void probe_cv_choice_and_determinism(void **state)
     assert_true(best_b == best_b2 && acc_b == acc_b2);
 }
 
+/* ---- out of memory -------------------------------------------------------------- */
+
+static int mallocs_left, live_blocks;
+static void *failing_malloc(size_t bytes)
+{
+    if (mallocs_left-- <= 0)
+        return NULL;
+    void *p = malloc(bytes);
+    live_blocks += p != NULL;
+    return p;
+}
+static void *plain_realloc(void *p, size_t bytes)
+{
+    return realloc(p, bytes);
+}
+static void counting_free(void *p)
+{
+    live_blocks -= p != NULL;
+    free(p);
+}
+
+/* Failing the k-th allocation gives GRAFT_E_NOMEM and frees everything, for every k
+ * until the calls succeed. */
+static void probe_out_of_memory(void **state)
+{
+    float x[PN * PD];
+    int32_t y[PN];
+    const double grid[2] = {0.1, 1.0};
+    probe_data(x, y);
+    const graft_allocator failing = {failing_malloc, plain_realloc, counting_free};
+    for (int which = 0; which < 3; which++) {
+        int k = 0;
+        for (;; k++) {
+            double out = 0, out2 = 0;
+            mallocs_left = k;
+            live_blocks = 0;
+            graft_set_allocator(&failing);
+            graft_status rc;
+            if (which == 0)
+                rc = graft__logme(x, y, PN, PD, PC, &out);
+            else if (which == 1)
+                rc = graft__logme(x, y, 3, PD, PC, &out); /* the n < d path */
+            else
+                rc = graft__linear_probe_cv(x, y, PN, PD, PC, 3, grid, 2, 5, &out, &out2);
+            graft_set_allocator(NULL);
+            assert_int_equal(live_blocks, 0);
+            if (rc == GRAFT_OK)
+                break;
+            assert_int_equal(rc, GRAFT_E_NOMEM);
+        }
+        assert_true(k > 2);
+    }
+}
+
 /* ---- optional timing ---------------------------------------------------------- */
 
 static double now(void)
@@ -509,6 +563,7 @@ int main(void)
         cmocka_unit_test(probe_matches_gradient_descent),
         cmocka_unit_test(probe_constant_column_and_args),
         cmocka_unit_test(probe_cv_choice_and_determinism),
+        cmocka_unit_test(probe_out_of_memory),
         cmocka_unit_test(probe_bench),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
