@@ -31,7 +31,7 @@
  * The score is mean_c L_c(alpha_c, beta_c) / n (higher = more transferable). */
 
 /* The spectrum LogME needs, shared by all classes. With F = sum_i sqrt(s_i) u_i v_i^T
- * (thin SVD; s_i the k = min(n, d) eigenvalues of F^T F, those <= 1e-12 * s_max
+ * (thin SVD; s_i the k = min(n, d) eigenvalues of F^T F, those <= 1e-10 * s_max
  * dropped, so k <= min(n, d)):
  *   sigma[i] = s_i,  p2[c * k + i] = (u_i^T y_c)^2,  y2[c] = |y_c|^2 = count of class c. */
 typedef struct graft__logme_spectrum {
