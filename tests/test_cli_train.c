@@ -162,6 +162,37 @@ static void config_json_repeats_the_run_exactly(void **state)
     assert_int_equal(system(b), 0);
 }
 
+/* graft probe scores the named candidate layers and recommends one of them. */
+static void probe_scores_named_layers(void **state)
+{
+    char err[4096], args[1024], path[256];
+    snprintf(args, sizeof args,
+             "probe '%s' --size %d --json --layers block_13_expand_relu,block_15_add,out_relu", data,
+             NET);
+    int status = run(args, err, sizeof err);
+    if (status != 0)
+        fail_msg("graft probe exited %d: %s", status, err);
+    snprintf(path, sizeof path, "%s/stdout.txt", root);
+    json_error_t e;
+    json_t *j = json_load_file(path, 0, &e);
+    assert_non_null(j);
+    json_t *rows = json_object_get(j, "candidates");
+    assert_int_equal(json_array_size(rows), 3);
+    for (size_t i = 1; i < 3; i++) /* ranked by LogME */
+        assert_true(json_real_value(json_object_get(json_array_get(rows, i - 1), "logme")) >=
+                    json_real_value(json_object_get(json_array_get(rows, i), "logme")));
+    const char *best = json_string_value(json_object_get(j, "recommended_layer"));
+    assert_true(!strcmp(best, "block_13_expand_relu") || !strcmp(best, "block_15_add") ||
+                !strcmp(best, "out_relu"));
+    double acc = json_real_value(json_object_get(j, "recommended_linear_accuracy"));
+    printf("    probe recommends %s (linear probe %.3f)\n", best, acc);
+    assert_true(acc > 0.5); /* three easy classes */
+    json_decref(j);
+    snprintf(args, sizeof args, "probe '%s' --layers no_such_layer", data);
+    assert_int_equal(run(args, err, sizeof err), 1);
+    assert_non_null(strstr(err, "no_such_layer"));
+}
+
 static void existing_out_needs_force_and_is_replaced_whole(void **state)
 {
     char err[4096];
@@ -237,6 +268,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(train_writes_a_consistent_folder_tfjs_reproduces),
         cmocka_unit_test(config_json_repeats_the_run_exactly),
+        cmocka_unit_test(probe_scores_named_layers),
         cmocka_unit_test(existing_out_needs_force_and_is_replaced_whole),
         cmocka_unit_test(bad_usage_gets_message_and_status),
     };

@@ -10,6 +10,7 @@ int cli_predict(int argc, char **argv);
 int cli_train(int argc, char **argv);
 int cli_evaluate(int argc, char **argv);
 int cli_demo(int argc, char **argv);
+int cli_probe(int argc, char **argv);
 
 /* Prints "graft: <message>" once on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -17,6 +17,7 @@ static const char usage[] =
     "  demo                        few-shot Fashion-MNIST on the default base, end to end\n"
     "  train DATA -o OUT           fit a classifier on labelled images by transfer learning\n"
     "  evaluate MODEL DATA         accuracy, per-class metrics and confusion matrix\n"
+    "  probe DATA                  score candidate cut layers (LogME, linear probe) before training\n"
     "  predict MODEL_DIR IMAGE...  classify JPEG/PNG images (or folders of them)\n"
     "  inspect MODEL_DIR           print the model's layers, output shapes and parameters\n"
     "\n"
@@ -80,6 +81,8 @@ int main(int argc, char **argv)
         return cli_evaluate(argc - 1, argv + 1);
     if (strcmp(cmd, "demo") == 0)
         return cli_demo(argc - 1, argv + 1);
+    if (strcmp(cmd, "probe") == 0)
+        return cli_probe(argc - 1, argv + 1);
     cli_error("unknown command '%s' (see graft --help)", cmd);
     return CLI_BAD_USAGE;
 }
