@@ -269,10 +269,12 @@ typedef struct graft_train_result {
     graft_epoch_metrics last;
 } graft_train_result;
 
-/* Trains the model's trainable layers with softmax cross-entropy on the final
- * output, read as logits when the last layer has a softmax activation is not
- * present, else ... (see graft_train_config). val may be NULL. Returns
- * GRAFT_E_INTERRUPTED when *config->stop was raised (after checkpointing). */
+/* Trains the model's trainable layers with softmax cross-entropy (label
+ * smoothing and class weights as configured). A final softmax activation is
+ * fused into the loss (computed from the logits); a linear final layer is read
+ * as logits; other final activations are refused. val may be NULL (no early
+ * stopping then). Returns GRAFT_E_INTERRUPTED when *config->stop was raised,
+ * after finishing the step and writing the checkpoint (when one is configured). */
 graft_status graft_train(graft_model *model, const graft_batch_source *train,
                          const graft_batch_source *val, const graft_train_config *config,
                          graft_train_result *result);
