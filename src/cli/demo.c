@@ -71,6 +71,7 @@ int cli_demo(int argc, char **argv)
     o.size = 96;
     o.out = "graft-demo";
     o.force = 1; /* a rerun replaces the previous demo's folder (only if graft wrote it) */
+    o.auto_recipe = 1;
     long shots = 100;
     const char *data = GRAFT_FASHION_MNIST;
     for (int i = 1; i < argc; i++) {

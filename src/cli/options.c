@@ -31,6 +31,9 @@ const char train_options_help[] =
     "  --base DIR              pretrained base (default: the MobileNetV2 set-up installs);\n"
     "                          'random': the same architecture with fresh weights (a baseline)\n"
     "  --cut LAYER             feature layer to cut at (default: the last spatial one, e.g. out_relu)\n"
+    "  --auto                  choose the cut by LogME on the training images (see graft probe),\n"
+    "                          fine-tune from the start of its block, and not at all under 20\n"
+    "                          images per class; --no-auto turns it off (the demo's default is on)\n"
     "  --size S                train at SxS pixels (default: the base's input size)\n"
     "  --dropout P             dropout before the new classifier (default 0.2)\n"
     "  --preprocess MODE       mobilenet (default), inception, torch, caffe, none or unit\n"
@@ -230,6 +233,10 @@ int train_options_parse(train_options *o, int argc, char **argv, int *i)
         o->quiet = 1;
         return 1;
     }
+    if (!strcmp(a, "--auto") || !strcmp(a, "--no-auto")) {
+        o->auto_recipe = !strcmp(a, "--auto");
+        return 1;
+    }
     if (!strcmp(a, "--force")) {
         o->force = 1;
         return 1;
@@ -307,6 +314,9 @@ int train_options_load_json(train_options *o, const char *path)
         else if (json_is_boolean(v) && !strcmp(key, "fine_tune")) {
             o->recipe.fine_tune = json_is_true(v);
             continue;
+        } else if (json_is_boolean(v) && !strcmp(key, "auto")) {
+            o->auto_recipe = json_is_true(v);
+            continue;
         } else if (json_is_boolean(v) && !strcmp(key, "cache_float16")) {
             o->recipe.phase1.cache_float16 = o->recipe.phase2.cache_float16 = json_is_true(v);
             continue;
@@ -369,6 +379,7 @@ json_t *train_options_to_json(const train_options *o, const graft_recipe_result 
     json_object_set_new(j, "label_smoothing", json_real(r->phase1.label_smoothing));
     json_object_set_new(j, "seed", json_integer((json_int_t)r->seed));
     json_object_set_new(j, "cache_float16", json_boolean(r->phase1.cache_float16));
+    json_object_set_new(j, "auto", json_boolean(o->auto_recipe));
     if (o->val)
         json_object_set_new(j, "val", json_string(o->val));
     if (r->phase2.layer_lr == GRAFT_LAYER_LR_DECAY)

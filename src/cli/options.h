@@ -14,7 +14,7 @@ typedef struct train_options {
     int64_t size;          /* 0: the base's input size */
     double val_split;
     long threads;
-    int json, quiet, force;
+    int json, quiet, force, auto_recipe;
     json_t *config_root;   /* a --config file, kept while its strings are in use */
     graft_preprocess preprocess;
     graft_resize_mode resize;
@@ -37,6 +37,8 @@ extern const char train_options_help[];
 
 /* Default base: models/mobilenet_v2 from the source tree set-up filled. */
 const char *default_base(void);
+/* --auto: picks the cut (and the fine-tuning) from the training data. */
+int auto_choose(train_options *o, graft_dataset *train);
 /* Loads --base; "random" is the default base's architecture with fresh weights. */
 graft_status load_base(const train_options *o, graft_model **out);
 

@@ -17,7 +17,7 @@
 
 /* The linear probe's cross-validation is the slow part: it runs on the best
  * candidates by LogME only. */
-enum { MAX_CANDIDATES = 64, MAX_BASES = 8, LINEAR_TOP = 6, FOLDS = 3 };
+enum { MAX_BASES = 8, LINEAR_TOP = 6, FOLDS = 3 };
 
 static const char help[] =
     "usage: graft probe DATA [--base DIR]... [options]\n"
@@ -39,14 +39,7 @@ static const char help[] =
     "  --threads N             (default: all cores)\n"
     "  --json                  one JSON object instead of the table\n";
 
-typedef struct candidate {
-    int node;
-    const char *layer;
-    int64_t dim;
-    float *features;    /* (n, dim) */
-    double logme, accuracy, l2, seconds;
-    int has_accuracy;
-} candidate;
+#include "cli/probe.h"
 
 static int is_kind(const graft__layer *l, const char *cls) { return !strcmp(l->ops->class_name, cls); }
 
@@ -77,7 +70,7 @@ static int worth_cutting(const graft_model *m, int i, const char *default_cut)
     return 0;
 }
 
-static int choose_candidates(const graft_model *m, const char *layers, candidate *out)
+int probe_candidates(const graft_model *m, const char *layers, candidate *out)
 {
     int n = 0;
     if (layers && strcmp(layers, "auto") != 0) {
@@ -111,7 +104,7 @@ static int choose_candidates(const graft_model *m, const char *layers, candidate
 }
 
 /* One pass over the data: every candidate's output, pooled over H and W. */
-static graft_status extract(graft_model *m, graft_dataset *ds, candidate *c, int nc, int32_t *labels)
+graft_status probe_extract(graft_model *m, graft_dataset *ds, candidate *c, int nc, int32_t *labels)
 {
     int64_t n = graft_dataset_count(ds), h, w, ch, batch = 32, idx[32];
     graft_model_input_size(m, &h, &w, &ch);
@@ -266,7 +259,7 @@ static int probe_base(const probe_options *o, const char *base, json_t *rows, ca
     graft_dataset *all = NULL, *ds = NULL;
     int32_t *labels = NULL;
     graft_status rc = graft_model_load(base, &m);
-    if (!rc && (nc = choose_candidates(m, o->layers, c)) <= 0)
+    if (!rc && (nc = probe_candidates(m, o->layers, c)) <= 0)
         rc = graft__fail(GRAFT_E_NOT_FOUND, "%s: no candidate layers", base);
     int deepest = 0;
     for (int i = 0; i < nc; i++)
@@ -277,7 +270,7 @@ static int probe_base(const probe_options *o, const char *base, json_t *rows, ca
         rc = graft_model_cut(m, deep_name);
     }
     if (!rc) /* node indices and names moved with the cut */
-        nc = choose_candidates(m, o->layers, c);
+        nc = probe_candidates(m, o->layers, c);
     int64_t h = 0, w = 0, ch = 0;
     if (!rc)
         rc = graft_model_input_size(m, &h, &w, &ch);
@@ -291,7 +284,7 @@ static int probe_base(const probe_options *o, const char *base, json_t *rows, ca
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (!rc)
-        rc = extract(m, ds, c, nc, labels);
+        rc = probe_extract(m, ds, c, nc, labels);
     double extract_s = seconds_since(&t0);
     if (!rc)
         rc = score(c, nc, labels, n, graft_dataset_class_count(ds), (uint64_t)o->seed);

@@ -290,6 +290,8 @@ static void on_sigint(int sig)
 int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft_dataset *val,
                graft_dataset *test, graft_dataset *thumbs, double *phase_accuracy)
 {
+    if (o->auto_recipe && auto_choose(o, train) != CLI_OK)
+        return CLI_BAD_INPUT;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
