@@ -145,6 +145,32 @@ static void train_writes_a_consistent_folder_tfjs_reproduces(void **state)
     graft_model_free(m);
 }
 
+/* predict reads graft's own folder: labels by name, CSV with a header. */
+static void predict_csv_names_the_classes(void **state)
+{
+    char err[4096], args[1024], path[256], line[512];
+    snprintf(args, sizeof args, "predict '%s' '%s/circles/0.png' '%s/stripes/1.png' --csv --top 2",
+             out, data, data);
+    assert_int_equal(run(args, err, sizeof err), 0);
+    snprintf(path, sizeof path, "%s/stdout.txt", root);
+    FILE *f = fopen(path, "r");
+    assert_non_null(fgets(line, sizeof line, f));
+    assert_string_equal(line, "file,rank,index,label,prob\n");
+    int rows = 0;
+    while (fgets(line, sizeof line, f)) {
+        rows++;
+        /* file,rank,index,label,prob: the label is the fourth field */
+        char *field = line;
+        for (int comma = 0; comma < 3; comma++)
+            field = strchr(field, ',') + 1;
+        *strchr(field, ',') = '\0';
+        assert_true(!strcmp(field, "circles") || !strcmp(field, "squares") ||
+                    !strcmp(field, "stripes"));
+    }
+    fclose(f);
+    assert_int_equal(rows, 4);
+}
+
 /* OUT/config.json repeats the run: the same settings give the same weights. */
 static void config_json_repeats_the_run_exactly(void **state)
 {
@@ -267,6 +293,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(train_writes_a_consistent_folder_tfjs_reproduces),
+        cmocka_unit_test(predict_csv_names_the_classes),
         cmocka_unit_test(config_json_repeats_the_run_exactly),
         cmocka_unit_test(probe_scores_named_layers),
         cmocka_unit_test(existing_out_needs_force_and_is_replaced_whole),

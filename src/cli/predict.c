@@ -19,6 +19,7 @@ static const char help[] =
     "\n"
     "options:\n"
     "  --top K                 classes to show per image (default 3)\n"
+    "  --csv                   CSV: a header, then file,rank,index,label,prob per class shown\n"
     "  --json                  one JSON object per line and image:\n"
     "                          {\"file\": ..., \"top\": [{\"index\": i, \"label\": ..., \"prob\": p}]}\n"
     "  --preprocess MODE       mobilenet (default), inception, torch, caffe or none, with\n"
@@ -35,7 +36,7 @@ static const char help[] =
 
 typedef struct predict_options {
     long top, batch, threads;
-    int json;
+    int json, csv;
     graft_preprocess preprocess;
     graft_resize_mode resize;
     const char *model_path;
@@ -113,6 +114,8 @@ static int parse_args(int argc, char **argv, predict_options *o)
             return -1;
         } else if (!strcmp(a, "--json")) {
             o->json = 1;
+        } else if (!strcmp(a, "--csv")) {
+            o->csv = 1;
         } else if (!strcmp(a, "--top")) {
             if (!cli_parse_positive(a, value, &o->top) || o->top < 1)
                 return CLI_BAD_USAGE;
@@ -196,6 +199,22 @@ static void top_k(const float *row, int64_t n, int64_t k, int64_t *out)
     }
 }
 
+/* RFC 4180: quote fields holding a comma, quote or line break; double quotes. */
+static void csv_field(const char *s)
+{
+    if (!strpbrk(s, ",\"\r\n")) {
+        fputs(s, stdout);
+        return;
+    }
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"')
+            putchar('"');
+        putchar(*s);
+    }
+    putchar('"');
+}
+
 static void print_result(const graft_model *model, const predict_options *o, const char *file,
                          const float *row, int64_t n)
 {
@@ -203,6 +222,19 @@ static void print_result(const graft_model *model, const predict_options *o, con
     if (k > 64)
         k = 64;
     top_k(row, n, k, idx);
+    if (o->csv) {
+        for (int64_t t = 0; t < k; t++) {
+            const char *label = graft_model_label(model, idx[t]);
+            csv_field(file);
+            printf(",%lld,%lld,", (long long)(t + 1), (long long)idx[t]);
+            if (label)
+                csv_field(label);
+            else
+                printf("%lld", (long long)idx[t]);
+            printf(",%.6f\n", row[idx[t]]);
+        }
+        return;
+    }
     if (o->json) {
         json_t *top = json_array();
         for (int64_t t = 0; t < k; t++) {
@@ -269,6 +301,8 @@ static int predict_all(graft_model *model, const predict_options *o)
         return CLI_BAD_INPUT;
     }
     int64_t sample = h * w * c, classes = graft_model_output_size(model);
+    if (o->csv)
+        printf("file,rank,index,label,prob\n");
     long batch = o->batch < o->n_images ? o->batch : o->n_images;
     if (batch > 1024)
         batch = 1024;
