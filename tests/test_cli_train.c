@@ -145,6 +145,34 @@ static void train_writes_a_consistent_folder_tfjs_reproduces(void **state)
     graft_model_free(m);
 }
 
+/* --auto on a tiny set: the cut comes from LogME, fine-tuning is skipped, and
+ * both choices are printed with their reasons and kept in config.json. */
+static void auto_on_a_tiny_set_skips_fine_tuning_and_says_why(void **state)
+{
+    char err[4096], args[1024], path[256], auto_out[200];
+    snprintf(auto_out, sizeof auto_out, "%s/auto", root);
+    snprintf(args, sizeof args, "train '%s' -o '%s' --size %d --epochs 3 --auto --cache-views 1",
+             data, auto_out, NET);
+    int status = run(args, err, sizeof err);
+    if (status != 0)
+        fail_msg("graft train --auto exited %d: %s", status, err);
+    snprintf(path, sizeof path, "%s/stdout.txt", root);
+    FILE *f = fopen(path, "r");
+    char text[16384];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    assert_non_null(strstr(text, "auto: cut at "));
+    assert_non_null(strstr(text, "best LogME"));
+    assert_non_null(strstr(text, "auto: no fine-tuning: 8 images per class is too few"));
+    json_t *config = load_json(auto_out, "config.json"), *metrics = load_json(auto_out, "metrics.json");
+    assert_true(json_is_false(json_object_get(config, "fine_tune")));
+    assert_true(json_is_true(json_object_get(config, "auto")));
+    assert_int_equal(json_integer_value(json_object_get(metrics, "phase2_first_epoch")), -1);
+    json_decref(config);
+    json_decref(metrics);
+}
+
 /* predict reads graft's own folder: labels by name, CSV with a header. */
 static void predict_csv_names_the_classes(void **state)
 {
@@ -294,6 +322,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(train_writes_a_consistent_folder_tfjs_reproduces),
         cmocka_unit_test(predict_csv_names_the_classes),
+        cmocka_unit_test(auto_on_a_tiny_set_skips_fine_tuning_and_says_why),
         cmocka_unit_test(config_json_repeats_the_run_exactly),
         cmocka_unit_test(probe_scores_named_layers),
         cmocka_unit_test(existing_out_needs_force_and_is_replaced_whole),
