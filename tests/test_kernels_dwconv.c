@@ -12,72 +12,7 @@
 #include <cmocka.h>
 
 #include "kernels/conv.h"
-
-#define ATOL 1e-5
-#define RTOL 1e-4
-/* Floats after every output buffer that a kernel must leave alone. */
-#define GUARD 64
-#define SENTINEL 12345.678f
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) * (1.0 / 8388608.0)) - 1.0f;
-}
-
-/* Exactly n floats, so an AddressSanitizer build catches any over-read. */
-static float *rand_buf(int64_t n, float scale)
-{
-    float *p = malloc((size_t)n * sizeof(float));
-    assert_non_null(p);
-    for (int64_t i = 0; i < n; i++)
-        p[i] = frand() * scale;
-    return p;
-}
-
-static float *guarded_buf(int64_t n)
-{
-    float *p = malloc((size_t)(n + GUARD) * sizeof(float));
-    assert_non_null(p);
-    for (int64_t i = 0; i < n + GUARD; i++)
-        p[i] = SENTINEL;
-    return p;
-}
-
-/* |got-want| <= ATOL + RTOL*|want| everywhere, and the guard floats untouched. */
-static int close_enough(const char *what, const float *got, const float *want, int64_t n)
-{
-    static int reported; /* a broken kernel fails hundreds of sweep cases: show a few */
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - want[i]);
-        if (!(d <= ATOL + RTOL * fabs((double)want[i]))) {
-            if (reported++ < 8)
-                print_error("%s: element %lld: got %.8g want %.8g\n", what, (long long)i, got[i],
-                            want[i]);
-            return 0;
-        }
-    }
-    for (int64_t i = n; i < n + GUARD; i++)
-        if (got[i] != SENTINEL) {
-            if (reported++ < 8)
-                print_error("%s: wrote past the end (float %lld)\n", what, (long long)(i - n));
-            return 0;
-        }
-    return 1;
-}
-
-static graft_conv_geom geom(int64_t n, int64_t h, int64_t w, int64_t c, int64_t co, int64_t kh,
-                            int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw)
-{
-    graft_conv_geom g = {.batch = n, .in_h = h, .in_w = w, .in_c = c, .out_c = co,
-                         .kernel_h = kh, .kernel_w = kw, .stride_h = sh, .stride_w = sw,
-                         .dilation_h = dh, .dilation_w = dw};
-    return g;
-}
+#include "kernel_tester.h"
 
 /* ---- the ref against hand-computed values ------------------------------------ */
 
