@@ -6,10 +6,8 @@
 #include "layers/conv_common.h"
 
 typedef struct conv2d_config {
-    graft__window window;
+    graft__conv_settings conv;
     int64_t filters;
-    int use_bias;
-    graft__activation act;
 } conv2d_config;
 
 static graft_status conv2d_parse(graft__layer *layer, const json_t *config)
@@ -19,9 +17,7 @@ static graft_status conv2d_parse(graft__layer *layer, const json_t *config)
         return graft__fail(GRAFT_E_NOMEM, "out of memory");
     layer->config = c;
     graft_status rc;
-    if ((rc = graft__window_parse(&c->window, config, "kernel_size", 1, layer->name)) ||
-        (rc = graft__config_bool(config, "use_bias", &c->use_bias, 1, layer->name)) ||
-        (rc = graft__config_activation(config, &c->act, layer->name)))
+    if ((rc = graft__conv_settings_parse(&c->conv, config, layer->name)))
         return rc;
     const json_t *filters = json_object_get(config, "filters");
     const json_t *groups = json_object_get(config, "groups");
@@ -41,7 +37,7 @@ static graft_status conv2d_infer(graft__layer *layer, int n_inputs, const graft_
 {
     const conv2d_config *c = layer->config;
     graft_conv_geom g;
-    graft_status rc = graft__window_geom(&c->window, &in[0], 1, &g, layer->name);
+    graft_status rc = graft__window_geom(&c->conv.window, &in[0], 1, &g, layer->name);
     if (rc)
         return rc;
     int64_t kdims[4] = {g.kernel_h, g.kernel_w, g.in_c, c->filters};
@@ -50,7 +46,7 @@ static graft_status conv2d_infer(graft__layer *layer, int n_inputs, const graft_
     if ((rc = graft__shape_make(&kernel, 4, kdims, layer->name)) ||
         (rc = graft__layer_declare_weight(layer, 0, "kernel", &kernel, 1)))
         return rc;
-    if (c->use_bias && ((rc = graft__shape_make(&bias, 1, &c->filters, layer->name)) ||
+    if (c->conv.use_bias && ((rc = graft__shape_make(&bias, 1, &c->filters, layer->name)) ||
                         (rc = graft__layer_declare_weight(layer, 1, "bias", &bias, 1))))
         return rc;
     return graft__shape_make(out, 3, odims, layer->name);
@@ -60,7 +56,7 @@ static graft_conv_geom conv2d_geom(const graft__layer *layer, const graft__shape
 {
     const conv2d_config *c = layer->config;
     graft_conv_geom g;
-    graft__window_geom(&c->window, in, batch, &g, layer->name);
+    graft__window_geom(&c->conv.window, in, batch, &g, layer->name);
     g.out_c = c->filters;
     return g;
 }
@@ -72,13 +68,13 @@ static size_t conv2d_scratch(const graft__layer *layer, int n_inputs, const graf
     const conv2d_config *c = layer->config;
     graft_conv_geom g = conv2d_geom(layer, &in[0], batch);
     size_t im2col = (graft_f32_conv2d_scratch_bytes(&g) + 63) / 64 * 64;
-    return im2col + (c->act == GRAFT__ACT_LINEAR ? 0 : sizeof(float) * (size_t)(batch * graft__shape_elems(out)));
+    return im2col + (c->conv.act == GRAFT__ACT_LINEAR ? 0 : sizeof(float) * (size_t)(batch * graft__shape_elems(out)));
 }
 
 static size_t conv2d_saved(const graft__layer *layer, const graft__shape *out, int64_t batch)
 {
     const conv2d_config *c = layer->config;
-    return graft__activation_derivative_from_output(c->act)
+    return graft__activation_derivative_from_output(c->conv.act)
                ? 0
                : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
 }
@@ -90,7 +86,7 @@ static void conv2d_forward(const graft__layer *layer, const graft__forward_args 
     int64_t rows = a->batch * g.out_h * g.out_w;
     const float *kernel = a->folded_kernel ? a->folded_kernel : layer->weights[0].data;
     const float *bias = a->folded_kernel ? a->folded_bias
-                                         : c->use_bias ? layer->weights[1].data : NULL;
+                                         : c->conv.use_bias ? layer->weights[1].data : NULL;
     graft_f32_conv2d__gemm(&g, a->inputs[0], kernel, bias, a->output, a->scratch);
     if (a->folded_kernel) {
         graft__activation_apply(a->epilogue, a->output, rows, g.out_c);
@@ -98,9 +94,9 @@ static void conv2d_forward(const graft__layer *layer, const graft__forward_args 
     }
     if (a->logits)
         return;
-    if (a->saved && !graft__activation_derivative_from_output(c->act))
+    if (a->saved && !graft__activation_derivative_from_output(c->conv.act))
         memcpy(a->saved, a->output, sizeof(float) * (size_t)(rows * g.out_c));
-    graft__activation_apply(c->act, a->output, rows, g.out_c);
+    graft__activation_apply(c->conv.act, a->output, rows, g.out_c);
 }
 
 static void conv2d_backward(const graft__layer *layer, const graft__backward_args *a)
@@ -112,11 +108,11 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
     float *act_buf = (float *)((char *)a->scratch +
                                (graft_f32_conv2d_scratch_bytes(&g) + 63) / 64 * 64);
     const float *dy = a->logits ? a->d_output
-                                : graft__activation_grad(c->act, a->saved, a->output, a->d_output,
+                                : graft__activation_grad(c->conv.act, a->saved, a->output, a->d_output,
                                                          act_buf, rows, g.out_c);
     if (a->d_weights[0])
         graft_f32_conv2d_backward_weight__gemm(&g, a->inputs[0], dy, a->d_weights[0], im2col);
-    if (c->use_bias && a->d_weights[1])
+    if (c->conv.use_bias && a->d_weights[1])
         graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
     if (a->d_inputs[0])
         graft_f32_conv2d_backward_input__gemm(&g, dy, layer->weights[0].data, a->d_inputs[0],
@@ -133,12 +129,12 @@ static void conv2d_fold_affine(const graft__layer *layer, const float *mul, cons
     for (int64_t i = 0; i < n; i++)
         kernel[i] = k->data[i] * mul[i % cout];
     for (int64_t o = 0; o < cout; o++)
-        bias[o] = (c->use_bias ? layer->weights[1].data[o] : 0.0f) * mul[o] + add[o];
+        bias[o] = (c->conv.use_bias ? layer->weights[1].data[o] : 0.0f) * mul[o] + add[o];
 }
 
 static graft__activation conv2d_output_activation(const graft__layer *layer)
 {
-    return ((const conv2d_config *)layer->config)->act;
+    return ((const conv2d_config *)layer->config)->conv.act;
 }
 
 const graft__layer_ops graft__conv2d_layer_ops = {

@@ -25,6 +25,16 @@ graft_status graft__window_parse(graft__window *w, const json_t *config, const c
     return GRAFT_OK;
 }
 
+graft_status graft__conv_settings_parse(graft__conv_settings *s, const json_t *config,
+                                        const char *layer)
+{
+    graft_status rc;
+    if ((rc = graft__window_parse(&s->window, config, "kernel_size", 1, layer)) ||
+        (rc = graft__config_bool(config, "use_bias", &s->use_bias, 1, layer)))
+        return rc;
+    return graft__config_activation(config, &s->act, layer);
+}
+
 graft_status graft__window_geom(const graft__window *w, const graft__shape *in, int64_t batch,
                                 graft_conv_geom *g, const char *layer)
 {

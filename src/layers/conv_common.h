@@ -10,6 +10,16 @@ typedef struct graft__window {
     int same;
 } graft__window;
 
+/* What every convolution kind reads: its window, use_bias and the activation. */
+typedef struct graft__conv_settings {
+    graft__window window;
+    int use_bias;
+    graft__activation act;
+} graft__conv_settings;
+
+graft_status graft__conv_settings_parse(graft__conv_settings *s, const json_t *config,
+                                        const char *layer);
+
 /* Reads kernel_key (kernel_size or pool_size), strides (default: strides_default,
  * or the kernel when strides_default is 0), dilation_rate and padding. */
 graft_status graft__window_parse(graft__window *w, const json_t *config, const char *kernel_key,

@@ -6,10 +6,8 @@
 #include "layers/conv_common.h"
 
 typedef struct depthwise_config {
-    graft__window window;
+    graft__conv_settings conv;
     int64_t multiplier;
-    int use_bias;
-    graft__activation act;
 } depthwise_config;
 
 static graft_status depthwise_parse(graft__layer *layer, const json_t *config)
@@ -19,9 +17,7 @@ static graft_status depthwise_parse(graft__layer *layer, const json_t *config)
         return graft__fail(GRAFT_E_NOMEM, "out of memory");
     layer->config = c;
     graft_status rc;
-    if ((rc = graft__window_parse(&c->window, config, "kernel_size", 1, layer->name)) ||
-        (rc = graft__config_bool(config, "use_bias", &c->use_bias, 1, layer->name)) ||
-        (rc = graft__config_activation(config, &c->act, layer->name)))
+    if ((rc = graft__conv_settings_parse(&c->conv, config, layer->name)))
         return rc;
     const json_t *m = json_object_get(config, "depth_multiplier");
     c->multiplier = m ? json_integer_value(m) : 1;
@@ -36,7 +32,7 @@ static graft_status depthwise_infer(graft__layer *layer, int n_inputs, const gra
 {
     const depthwise_config *c = layer->config;
     graft_conv_geom g;
-    graft_status rc = graft__window_geom(&c->window, &in[0], 1, &g, layer->name);
+    graft_status rc = graft__window_geom(&c->conv.window, &in[0], 1, &g, layer->name);
     if (rc)
         return rc;
     int64_t out_c = g.in_c * c->multiplier;
@@ -46,7 +42,7 @@ static graft_status depthwise_infer(graft__layer *layer, int n_inputs, const gra
     if ((rc = graft__shape_make(&kernel, 4, kdims, layer->name)) ||
         (rc = graft__layer_declare_weight(layer, 0, "depthwise_kernel", &kernel, 1)))
         return rc;
-    if (c->use_bias && ((rc = graft__shape_make(&bias, 1, &out_c, layer->name)) ||
+    if (c->conv.use_bias && ((rc = graft__shape_make(&bias, 1, &out_c, layer->name)) ||
                         (rc = graft__layer_declare_weight(layer, 1, "bias", &bias, 1))))
         return rc;
     return graft__shape_make(out, 3, odims, layer->name);
@@ -57,7 +53,7 @@ static graft_conv_geom depthwise_geom(const graft__layer *layer, const graft__sh
 {
     const depthwise_config *c = layer->config;
     graft_conv_geom g;
-    graft__window_geom(&c->window, in, batch, &g, layer->name);
+    graft__window_geom(&c->conv.window, in, batch, &g, layer->name);
     g.out_c = g.in_c * c->multiplier;
     return g;
 }
@@ -73,23 +69,23 @@ static void depthwise_forward(const graft__layer *layer, const graft__forward_ar
         return;
     }
     graft_f32_dwconv2d_parallel(&g, a->inputs[0], layer->weights[0].data,
-                                c->use_bias ? layer->weights[1].data : NULL, a->output);
-    if (a->saved && !graft__activation_derivative_from_output(c->act))
+                                c->conv.use_bias ? layer->weights[1].data : NULL, a->output);
+    if (a->saved && !graft__activation_derivative_from_output(c->conv.act))
         memcpy(a->saved, a->output, sizeof(float) * (size_t)(rows * g.out_c));
-    graft__activation_apply(c->act, a->output, rows, g.out_c);
+    graft__activation_apply(c->conv.act, a->output, rows, g.out_c);
 }
 
 static size_t depthwise_scratch(const graft__layer *layer, int n_inputs, const graft__shape *in,
                                 const graft__shape *out, int64_t batch)
 {
     const depthwise_config *c = layer->config;
-    return c->act == GRAFT__ACT_LINEAR ? 0 : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
+    return c->conv.act == GRAFT__ACT_LINEAR ? 0 : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
 }
 
 static size_t depthwise_saved(const graft__layer *layer, const graft__shape *out, int64_t batch)
 {
     const depthwise_config *c = layer->config;
-    return graft__activation_derivative_from_output(c->act)
+    return graft__activation_derivative_from_output(c->conv.act)
                ? 0
                : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
 }
@@ -99,11 +95,11 @@ static void depthwise_backward(const graft__layer *layer, const graft__backward_
     const depthwise_config *c = layer->config;
     graft_conv_geom g = depthwise_geom(layer, &a->in_shapes[0], a->batch);
     int64_t rows = a->batch * g.out_h * g.out_w;
-    const float *dy = graft__activation_grad(c->act, a->saved, a->output, a->d_output, a->scratch,
+    const float *dy = graft__activation_grad(c->conv.act, a->saved, a->output, a->d_output, a->scratch,
                                              rows, g.out_c);
     if (a->d_weights[0])
         graft_f32_dwconv2d_backward_weight_parallel(&g, a->inputs[0], dy, a->d_weights[0]);
-    if (c->use_bias && a->d_weights[1])
+    if (c->conv.use_bias && a->d_weights[1])
         graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
     if (a->d_inputs[0])
         graft_f32_dwconv2d_backward_input_parallel(&g, dy, layer->weights[0].data, a->d_inputs[0]);
@@ -119,7 +115,7 @@ static void depthwise_fold_affine(const graft__layer *layer, const float *mul, c
     for (int64_t i = 0; i < n; i++)
         kernel[i] = k->data[i] * mul[i % cout];
     for (int64_t o = 0; o < cout; o++)
-        bias[o] = (c->use_bias ? layer->weights[1].data[o] : 0.0f) * mul[o] + add[o];
+        bias[o] = (c->conv.use_bias ? layer->weights[1].data[o] : 0.0f) * mul[o] + add[o];
 }
 
 const graft__layer_ops graft__depthwise_conv2d_layer_ops = {

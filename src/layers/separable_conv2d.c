@@ -6,11 +6,9 @@
 #include "layers/conv_common.h"
 
 typedef struct separable_config {
-    graft__window window;
+    graft__conv_settings conv;
     int64_t multiplier, filters;
     int64_t mid_channels;  /* input channels * multiplier, known after infer */
-    int use_bias;
-    graft__activation act;
 } separable_config;
 
 static graft_status separable_parse(graft__layer *layer, const json_t *config)
@@ -20,9 +18,7 @@ static graft_status separable_parse(graft__layer *layer, const json_t *config)
         return graft__fail(GRAFT_E_NOMEM, "out of memory");
     layer->config = c;
     graft_status rc;
-    if ((rc = graft__window_parse(&c->window, config, "kernel_size", 1, layer->name)) ||
-        (rc = graft__config_bool(config, "use_bias", &c->use_bias, 1, layer->name)) ||
-        (rc = graft__config_activation(config, &c->act, layer->name)))
+    if ((rc = graft__conv_settings_parse(&c->conv, config, layer->name)))
         return rc;
     const json_t *m = json_object_get(config, "depth_multiplier");
     const json_t *f = json_object_get(config, "filters");
@@ -39,7 +35,7 @@ static graft_status separable_infer(graft__layer *layer, int n_inputs, const gra
 {
     const separable_config *c = layer->config;
     graft_conv_geom g;
-    graft_status rc = graft__window_geom(&c->window, &in[0], 1, &g, layer->name);
+    graft_status rc = graft__window_geom(&c->conv.window, &in[0], 1, &g, layer->name);
     if (rc)
         return rc;
     int64_t mid = g.in_c * c->multiplier;
@@ -53,7 +49,7 @@ static graft_status separable_infer(graft__layer *layer, int n_inputs, const gra
         (rc = graft__layer_declare_weight(layer, 0, "depthwise_kernel", &dk, 1)) ||
         (rc = graft__layer_declare_weight(layer, 1, "pointwise_kernel", &pk, 1)))
         return rc;
-    if (c->use_bias && ((rc = graft__shape_make(&bias, 1, &c->filters, layer->name)) ||
+    if (c->conv.use_bias && ((rc = graft__shape_make(&bias, 1, &c->filters, layer->name)) ||
                         (rc = graft__layer_declare_weight(layer, 2, "bias", &bias, 1))))
         return rc;
     return graft__shape_make(out, 3, odims, layer->name);
@@ -74,14 +70,14 @@ static size_t separable_scratch(const graft__layer *layer, int n_inputs, const g
 {
     const separable_config *c = layer->config;
     return mid_bytes(c, &in[0], out, batch) +
-           (c->act == GRAFT__ACT_LINEAR ? 0 : sizeof(float) * (size_t)(batch * graft__shape_elems(out)));
+           (c->conv.act == GRAFT__ACT_LINEAR ? 0 : sizeof(float) * (size_t)(batch * graft__shape_elems(out)));
 }
 
 /* Training keeps the depthwise result for the pointwise weight gradient. */
 static size_t separable_saved(const graft__layer *layer, const graft__shape *out, int64_t batch)
 {
     const separable_config *c = layer->config;
-    size_t pre = graft__activation_derivative_from_output(c->act)
+    size_t pre = graft__activation_derivative_from_output(c->conv.act)
                      ? 0
                      : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
     size_t mid = sizeof(float) * (size_t)(batch * out->dim[0] * out->dim[1] * c->mid_channels);
@@ -97,7 +93,7 @@ static separable_geoms separable_geom(const graft__layer *layer, const graft__sh
 {
     const separable_config *c = layer->config;
     separable_geoms s;
-    graft__window_geom(&c->window, in, batch, &s.depthwise, layer->name);
+    graft__window_geom(&c->conv.window, in, batch, &s.depthwise, layer->name);
     s.depthwise.out_c = s.depthwise.in_c * c->multiplier;
     s.pointwise = (graft_conv_geom){.batch = batch, .in_h = s.depthwise.out_h,
                                     .in_w = s.depthwise.out_w, .in_c = s.depthwise.out_c,
@@ -117,11 +113,11 @@ static void separable_forward(const graft__layer *layer, const graft__forward_ar
     graft_f32_dwconv2d_parallel(&s.depthwise, a->inputs[0], layer->weights[0].data, NULL, mid);
     /* A 1x1 stride-1 unpadded conv needs no im2col scratch. */
     graft_f32_conv2d__gemm(&s.pointwise, mid, layer->weights[1].data,
-                           c->use_bias ? layer->weights[2].data : NULL, a->output, NULL);
-    if (a->saved && !graft__activation_derivative_from_output(c->act))
+                           c->conv.use_bias ? layer->weights[2].data : NULL, a->output, NULL);
+    if (a->saved && !graft__activation_derivative_from_output(c->conv.act))
         memcpy((char *)a->saved + mid_bytes(c, &a->in_shapes[0], a->out_shape, a->batch),
                a->output, sizeof(float) * (size_t)(rows * c->filters));
-    graft__activation_apply(c->act, a->output, rows, c->filters);
+    graft__activation_apply(c->conv.act, a->output, rows, c->filters);
 }
 
 static void separable_backward(const graft__layer *layer, const graft__backward_args *a)
@@ -131,15 +127,15 @@ static void separable_backward(const graft__layer *layer, const graft__backward_
     int64_t rows = a->batch * s.pointwise.out_h * s.pointwise.out_w;
     size_t mb = mid_bytes(c, &a->in_shapes[0], a->out_shape, a->batch);
     const float *mid = a->saved;
-    const float *pre = graft__activation_derivative_from_output(c->act)
+    const float *pre = graft__activation_derivative_from_output(c->conv.act)
                            ? NULL
                            : (const float *)((const char *)a->saved + mb);
     float *d_mid = a->scratch, *act_buf = (float *)((char *)a->scratch + mb);
-    const float *dy = graft__activation_grad(c->act, pre, a->output, a->d_output, act_buf, rows,
+    const float *dy = graft__activation_grad(c->conv.act, pre, a->output, a->d_output, act_buf, rows,
                                              c->filters);
     if (a->d_weights[1])
         graft_f32_conv2d_backward_weight__gemm(&s.pointwise, mid, dy, a->d_weights[1], NULL);
-    if (c->use_bias && a->d_weights[2])
+    if (c->conv.use_bias && a->d_weights[2])
         graft__sum_rows(a->d_weights[2], dy, rows, c->filters);
     if (!a->d_weights[0] && !a->d_inputs[0])
         return;
