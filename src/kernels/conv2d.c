@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "kernels/conv.h"
+#include "kernels/window.h"
 
 void graft_f32_conv2d__ref(const graft_conv_geom *g, const float *in, const float *kernel,
                            const float *bias, float *out)
@@ -153,15 +154,6 @@ void graft_f32_conv2d__gemm(const graft_conv_geom *g, const float *in, const flo
 
 /* ---- backward ------------------------------------------------------------------ */
 
-/* Output index along one axis whose window puts tap k on input cell i, or -1. */
-static int64_t out_index(int64_t i, int64_t k, int64_t pad, int64_t s, int64_t d, int64_t out)
-{
-    int64_t num = i + pad - k * d;
-    if (num < 0 || num % s != 0 || num / s >= out)
-        return -1;
-    return num / s;
-}
-
 void graft_f32_conv2d_backward_input__ref(const graft_conv_geom *g, const float *dout,
                                           const float *kernel, float *din)
 {
@@ -172,11 +164,11 @@ void graft_f32_conv2d_backward_input__ref(const graft_conv_geom *g, const float 
                 for (int64_t ci = 0; ci < C; ci++) {
                     double acc = 0.0;
                     for (int64_t ky = 0; ky < g->kernel_h; ky++) {
-                        int64_t oy = out_index(iy, ky, g->pad_top, g->stride_h, g->dilation_h, g->out_h);
+                        int64_t oy = graft__window_out_index(iy, ky, g->pad_top, g->stride_h, g->dilation_h, g->out_h);
                         if (oy < 0)
                             continue;
                         for (int64_t kx = 0; kx < g->kernel_w; kx++) {
-                            int64_t ox = out_index(ix, kx, g->pad_left, g->stride_w, g->dilation_w,
+                            int64_t ox = graft__window_out_index(ix, kx, g->pad_left, g->stride_w, g->dilation_w,
                                                    g->out_w);
                             if (ox < 0)
                                 continue;

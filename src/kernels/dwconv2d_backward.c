@@ -2,17 +2,9 @@
 #include <string.h>
 
 #include "kernels/conv.h"
+#include "kernels/window.h"
 #include "kernels/simd.h"
 #include "kernels/split.h"
-
-/* Output index along one axis whose window puts tap k on input cell i, or -1. */
-static int64_t out_index(int64_t i, int64_t k, int64_t pad, int64_t s, int64_t d, int64_t out)
-{
-    int64_t num = i + pad - k * d;
-    if (num < 0 || num % s != 0 || num / s >= out)
-        return -1;
-    return num / s;
-}
 
 void graft_f32_dwconv2d_backward_input__ref(const graft_conv_geom *g, int64_t row_start,
                                             int64_t row_end, const float *dout,
@@ -25,11 +17,11 @@ void graft_f32_dwconv2d_backward_input__ref(const graft_conv_geom *g, int64_t ro
             for (int64_t c = 0; c < C; c++) {
                 double acc = 0.0;
                 for (int64_t ky = 0; ky < g->kernel_h; ky++) {
-                    int64_t oy = out_index(iy, ky, g->pad_top, g->stride_h, g->dilation_h, g->out_h);
+                    int64_t oy = graft__window_out_index(iy, ky, g->pad_top, g->stride_h, g->dilation_h, g->out_h);
                     if (oy < 0)
                         continue;
                     for (int64_t kx = 0; kx < g->kernel_w; kx++) {
-                        int64_t ox = out_index(ix, kx, g->pad_left, g->stride_w, g->dilation_w,
+                        int64_t ox = graft__window_out_index(ix, kx, g->pad_left, g->stride_w, g->dilation_w,
                                                g->out_w);
                         if (ox < 0)
                             continue;
@@ -80,7 +72,7 @@ static int taps_reaching(int64_t i, int64_t k_count, int64_t pad, int64_t s, int
 {
     int count = 0;
     for (int64_t k = 0; k < k_count; k++) {
-        int64_t o = out_index(i, k, pad, s, d, out);
+        int64_t o = graft__window_out_index(i, k, pad, s, d, out);
         if (o >= 0) {
             taps[count] = k;
             outs[count] = o;
