@@ -70,6 +70,8 @@ static void depthwise_forward(const graft__layer *layer, const graft__forward_ar
     }
     graft_f32_dwconv2d_parallel(&g, a->inputs[0], layer->weights[0].data,
                                 c->conv.use_bias ? layer->weights[1].data : NULL, a->output);
+    if (a->logits)
+        return;
     if (a->saved && !graft__activation_derivative_from_output(c->conv.act))
         memcpy(a->saved, a->output, sizeof(float) * (size_t)(rows * g.out_c));
     graft__activation_apply(c->conv.act, a->output, rows, g.out_c);
@@ -95,8 +97,9 @@ static void depthwise_backward(const graft__layer *layer, const graft__backward_
     const depthwise_config *c = layer->config;
     graft_conv_geom g = depthwise_geom(layer, &a->in_shapes[0], a->batch);
     int64_t rows = a->batch * g.out_h * g.out_w;
-    const float *dy = graft__activation_grad(c->conv.act, a->saved, a->output, a->d_output, a->scratch,
-                                             rows, g.out_c);
+    const float *dy = a->logits ? a->d_output
+                                : graft__activation_grad(c->conv.act, a->saved, a->output,
+                                                         a->d_output, a->scratch, rows, g.out_c);
     if (a->d_weights[0])
         graft_f32_dwconv2d_backward_weight_parallel(&g, a->inputs[0], dy, a->d_weights[0]);
     if (c->conv.use_bias && a->d_weights[1])
@@ -118,6 +121,11 @@ static void depthwise_fold_affine(const graft__layer *layer, const float *mul, c
         bias[o] = (c->conv.use_bias ? layer->weights[1].data[o] : 0.0f) * mul[o] + add[o];
 }
 
+static graft__activation depthwise_output_activation(const graft__layer *layer)
+{
+    return ((const depthwise_config *)layer->config)->conv.act;
+}
+
 const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .class_name = "DepthwiseConv2D",
     .parse = depthwise_parse,
@@ -126,5 +134,6 @@ const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .forward = depthwise_forward,
     .saved_bytes = depthwise_saved,
     .backward = depthwise_backward,
+    .output_activation = depthwise_output_activation,
     .fold_affine = depthwise_fold_affine,
 };

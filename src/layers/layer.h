@@ -166,6 +166,10 @@ void graft__sum_rows(float *dst /* (cols) */, const float *src /* (rows, cols) *
  * mul and add (channels each); 0 when the layer is not a BatchNormalization. */
 int graft__batch_norm_affine(const graft__layer *layer, float *mul, float *add);
 
+/* Into *act, the plain activation (relu or relu6) a ReLU layer computes; 0 when
+ * the layer is not a ReLU or has a slope or threshold no activation names. */
+int graft__relu_as_activation(const graft__layer *layer, graft__activation *act);
+
 /* dst[i] += src[i] over n floats, threaded. */
 void graft__accumulate(float *dst, const float *src, int64_t n);
 

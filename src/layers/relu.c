@@ -67,6 +67,24 @@ static void relu_backward(const graft__layer *layer, const graft__backward_args 
                                         c->negative_slope, c->threshold);
 }
 
+extern const graft__layer_ops graft__relu_layer_ops;
+
+int graft__relu_as_activation(const graft__layer *layer, graft__activation *act)
+{
+    if (layer->ops != &graft__relu_layer_ops)
+        return 0;
+    const relu_config *c = layer->config;
+    if (c->negative_slope != 0.0f || c->threshold != 0.0f)
+        return 0;
+    if (c->max_value == 6.0f)
+        *act = GRAFT__ACT_RELU6;
+    else if (c->max_value < 0.0f)
+        *act = GRAFT__ACT_RELU;
+    else
+        return 0;
+    return 1;
+}
+
 const graft__layer_ops graft__relu_layer_ops = {
     .class_name = "ReLU",
     .parse = relu_parse,

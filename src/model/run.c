@@ -118,8 +118,7 @@ static int consumers(const graft_model *m, int node, int *only)
 /* ReLU(6) and plain ReLU layers, and Activation relu/relu6, as an epilogue. */
 static int relu_epilogue(const graft__layer *layer, graft__activation *act)
 {
-    const char *cls = layer->ops->class_name;
-    if (!strcmp(cls, "Activation") && layer->ops->output_activation) {
+    if (!strcmp(layer->ops->class_name, "Activation") && layer->ops->output_activation) {
         graft__activation a = layer->ops->output_activation(layer);
         if (a == GRAFT__ACT_RELU || a == GRAFT__ACT_RELU6) {
             *act = a;
@@ -127,11 +126,7 @@ static int relu_epilogue(const graft__layer *layer, graft__activation *act)
         }
         return 0;
     }
-    if (!strcmp(cls, "ReLU") && layer->ops->output_activation) {
-        *act = layer->ops->output_activation(layer);
-        return *act == GRAFT__ACT_RELU || *act == GRAFT__ACT_RELU6;
-    }
-    return 0;
+    return graft__relu_as_activation(layer, act);
 }
 
 /* Layers that may overwrite their input when nothing else reads it. */
