@@ -12,11 +12,38 @@
 #endif
 
 typedef float graft_vf __attribute__((vector_size(GRAFT_VL * sizeof(float))));
+typedef int graft_vi __attribute__((vector_size(GRAFT_VL * sizeof(int))));
 /* Same vector, alignment 4: NHWC channel offsets are not vector-aligned. */
 typedef float graft_vfu __attribute__((vector_size(GRAFT_VL * sizeof(float)), aligned(4), may_alias));
 
 static inline graft_vf graft_vload(const float *p) { return *(const graft_vfu *)p; }
 static inline void graft_vstore(float *p, graft_vf v) { *(graft_vfu *)p = v; }
-static inline graft_vf graft_vsplat(float x) { return (graft_vf){0} + x; }
+/* A shuffle, not {0} + x: adding 0.0f cannot be folded away (-0 + 0 = +0), so
+ * that form costs a scalar add before every broadcast. */
+static inline graft_vf graft_vsplat(float x)
+{
+    graft_vf v = {x};
+    return __builtin_shuffle(v, (graft_vi){0});
+}
+
+/* Lanes of a where mask is set (all ones), else of b. */
+static inline graft_vf graft_vselect(graft_vi mask, graft_vf a, graft_vf b)
+{
+    return (graft_vf)(((graft_vi)a & mask) | ((graft_vi)b & ~mask));
+}
+
+/* x > 0 ? x : 0 lane by lane, as the scalar ReLU (NaN gives 0). */
+static inline graft_vf graft_vrelu(graft_vf x)
+{
+    return (graft_vf)((graft_vi)x & (x > (graft_vf){0}));
+}
+
+/* ReLU6 lane by lane, as the scalar clamp. */
+static inline graft_vf graft_vrelu6(graft_vf x)
+{
+    graft_vf six = graft_vsplat(6.0f);
+    x = graft_vrelu(x);
+    return graft_vselect(x < six, x, six);
+}
 
 #endif
