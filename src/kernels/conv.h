@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/activation.h"
+
 /* Geometry of a 2-D convolution or pooling window over NHWC data.
  * Padding follows TensorFlow: pad_top/pad_left given, bottom/right implied by
  * out_h/out_w (TF 'same' pads asymmetrically:
@@ -101,6 +103,28 @@ void graft_f32_dwconv2d_parallel(const graft_conv_geom *g,
                                  const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
                                  const float *bias,   /* (in_c*M) or NULL */
                                  float *out);         /* (N, out_h, out_w, in_c*M) */
+
+/* One output row of a depthwise convolution with M = 1, from the kernel_h input
+ * rows its windows cover: rows[ky] is input row oy*stride_h - pad_top +
+ * ky*dilation_h, or NULL where that row is padding. The bias and act (linear,
+ * relu or relu6) are applied before the single store. Reads of g: in_w, in_c,
+ * out_w, kernel_h, kernel_w, stride_w, dilation_w, pad_left; out_c must equal
+ * in_c and kernel_h be at most GRAFT_DW_ROW_MAX_KH. The rows may live anywhere
+ * (a ring of rows computed just before), which is what lets an inverted-residual
+ * block run row by row with its expanded rows in cache. */
+enum { GRAFT_DW_ROW_MAX_KH = 7 };
+void graft_f32_dwconv2d_row__ref(const graft_conv_geom *g,
+                                 const float *const *rows, /* kernel_h rows (in_w, in_c) or NULL */
+                                 const float *kernel,      /* (kernel_h, kernel_w, in_c) */
+                                 const float *bias,        /* (in_c) or NULL */
+                                 graft__activation act,
+                                 float *out);              /* (out_w, in_c) */
+void graft_f32_dwconv2d_row__direct(const graft_conv_geom *g,
+                                    const float *const *rows, /* kernel_h rows (in_w, in_c) or NULL */
+                                    const float *kernel,      /* (kernel_h, kernel_w, in_c) */
+                                    const float *bias,        /* (in_c) or NULL */
+                                    graft__activation act,
+                                    float *out);              /* (out_w, in_c) */
 
 /* ---- pooling ------------------------------------------------------------------- */
 /* Windows as for conv with out_c = in_c and dilation 1. TF semantics: max pooling
