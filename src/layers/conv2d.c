@@ -147,4 +147,5 @@ const graft__layer_ops graft__conv2d_layer_ops = {
     .backward = conv2d_backward,
     .output_activation = conv2d_output_activation,
     .fold_affine = conv2d_fold_affine,
+    .conv_geom = conv2d_geom,
 };

@@ -136,4 +136,5 @@ const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .backward = depthwise_backward,
     .output_activation = depthwise_output_activation,
     .fold_affine = depthwise_fold_affine,
+    .conv_geom = depthwise_geom,
 };

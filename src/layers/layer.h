@@ -11,6 +11,7 @@
 
 #include "graft.h"
 #include "kernels/activation.h"
+#include "kernels/conv.h"
 
 /* Shape of one sample (batch excluded): (H,W,C) for images, (C) for vectors. */
 typedef struct graft__shape {
@@ -111,6 +112,9 @@ struct graft__layer_ops {
      * (output channels). NULL when the kind cannot fold. */
     void (*fold_affine)(const graft__layer *layer, const float *mul, const float *add,
                         float *kernel, float *bias);
+    /* The window geometry over an input of this shape and batch (convolution
+     * kinds, for executors that run them their own way); NULL for other kinds. */
+    graft_conv_geom (*conv_geom)(const graft__layer *layer, const graft__shape *in, int64_t batch);
 };
 
 /* The kind for a Keras class name, or NULL. */
@@ -165,6 +169,10 @@ void graft__sum_rows(float *dst /* (cols) */, const float *src /* (rows, cols) *
 /* The per-channel multiplier and offset an inference BatchNorm applies, into
  * mul and add (channels each); 0 when the layer is not a BatchNormalization. */
 int graft__batch_norm_affine(const graft__layer *layer, float *mul, float *add);
+
+/* Into pad (top, bottom, left, right) the zeros a ZeroPadding2D layer adds;
+ * 0 when the layer is not one. */
+int graft__zero_padding_amounts(const graft__layer *layer, int64_t pad[4]);
 
 /* Into *act, the plain activation (relu or relu6) a ReLU layer computes; 0 when
  * the layer is not a ReLU or has a slope or threshold no activation names. */

@@ -106,6 +106,20 @@ static void zero_padding_backward(const graft__layer *layer, const graft__backwa
     }
 }
 
+extern const graft__layer_ops graft__zero_padding2d_layer_ops;
+
+int graft__zero_padding_amounts(const graft__layer *layer, int64_t pad[4])
+{
+    if (layer->ops != &graft__zero_padding2d_layer_ops)
+        return 0;
+    const zero_padding_config *c = layer->config;
+    pad[0] = c->top;
+    pad[1] = c->bottom;
+    pad[2] = c->left;
+    pad[3] = c->right;
+    return 1;
+}
+
 const graft__layer_ops graft__zero_padding2d_layer_ops = {
     .class_name = "ZeroPadding2D",
     .parse = zero_padding_parse,

@@ -14,6 +14,34 @@ typedef struct graft__node {
     int last_use;         /* index of the last node reading this output (-1: none) */
 } graft__node;
 
+/* An inverted-residual block fused for inference (block.c): its nodes run as
+ * one step at node `last`, band by band, from the folded weights. */
+typedef struct graft__block {
+    int input, last;               /* node read; node whose slot gets the output */
+    int expand_node, expand_bn_node, dw_node, dw_bn_node, project_node, project_bn_node;
+    int has_expand, residual;
+    int64_t in_h, in_w, cin, ce, cout; /* ce: the expanded channels */
+    graft_conv_geom dw;            /* batch 1, over the unpadded expanded rows */
+    graft__activation expand_act, dw_act;
+    float *expand_packed;          /* folded (cin -> ce), packed; NULL without expand */
+    float *dw_weights;             /* folded (kh, kw, ce) kernel, then (ce) bias */
+    float *project_packed;         /* folded (ce -> cout), packed */
+    int64_t band_rows, ring_rows;  /* output rows per band; expanded rows kept */
+    size_t thread_floats;          /* scratch one thread needs */
+} graft__block;
+
+/* Matches a block starting at node start (its expand or depthwise conv): fills
+ * blk (no weights yet) and the other nodes it swallows (up to 10); 0 if none. */
+int graft__block_find(const graft_model *m, int start, graft__block *blk, int *members,
+                      int *n_members);
+/* Folds and packs the block's weights. */
+graft_status graft__block_prepare(const graft_model *m, graft__block *blk);
+void graft__block_free(graft__block *blk);
+/* Runs the block on (batch, in_h, in_w, cin) x into y over `threads` OpenMP
+ * threads, thread t using scratch + t * scratch_stride floats. */
+void graft__block_run(const graft__block *blk, int64_t batch, const float *x, float *y,
+                      float *scratch, size_t scratch_stride, int threads);
+
 /* Executor state for one maximum batch: every node output gets a slot of the
  * activation arena, reused once its last reader has run. */
 typedef struct graft__plan {
@@ -32,7 +60,14 @@ typedef struct graft__plan {
     float **folded;       /* per node: folded kernel then bias, or NULL */
     int n_folded;         /* entries of folded (the node count) */
     graft__activation *epilogue;
-    int *owner;           /* node whose slot holds this node's output (itself if none) */
+    int *owner;           /* node whose slot holds this node's output (itself if none,
+                             -1 inside a fused block: no buffer at all) */
+    int n_blocks;
+    graft__block *blocks;
+    int *block_at;        /* per node: the block it runs, or -1 */
+    float *block_scratch; /* block_threads shares of block_stride floats */
+    size_t block_stride;
+    int block_threads;
 } graft__plan;
 
 struct graft_model {

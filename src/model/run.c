@@ -11,6 +11,11 @@ void graft__plan_free(graft__plan *plan)
     for (int i = 0; plan->folded && i < plan->n_folded; i++)
         graft__free_aligned(plan->folded[i]);
     graft__free(plan->folded);
+    for (int i = 0; i < plan->n_blocks; i++)
+        graft__block_free(&plan->blocks[i]);
+    graft__free(plan->blocks);
+    graft__free(plan->block_at);
+    graft__free_aligned(plan->block_scratch);
     graft__free(plan->skip);
     graft__free(plan->interior);
     graft__free(plan->epilogue);
@@ -47,14 +52,24 @@ static int take_slot(graft__plan *p, const int *busy, size_t need)
     return best;
 }
 
-/* The last node reading the buffer a node writes: with fusion several nodes
- * share one buffer, which lives until the last reader of any of them. */
+/* Where node i runs: inside a fused block, at the block's last node. */
+static int exec_at(const graft__plan *p, int i)
+{
+    return p->block_at && p->block_at[i] >= 0 ? p->blocks[p->block_at[i]].last : i;
+}
+
+/* The last step reading the buffer a node writes: with fusion several nodes
+ * share one buffer, which lives until the last reader of any of them, and a
+ * fused block reads its input when its last node runs. */
 static int buffer_last_use(const graft_model *m, const graft__plan *p, int owner)
 {
     int last = -1;
-    for (int i = 0; i < m->n_nodes; i++)
-        if ((p->owner ? p->owner[i] : i) == owner && m->nodes[i].last_use > last)
-            last = m->nodes[i].last_use;
+    for (int r = 0; r < m->n_nodes; r++)
+        for (int k = 0; k < m->nodes[r].n_inputs; k++) {
+            int src = m->nodes[r].inputs[k];
+            if ((p->owner ? p->owner[src] : src) == owner && exec_at(p, r) > last)
+                last = exec_at(p, r);
+        }
     return last;
 }
 
@@ -80,7 +95,9 @@ static graft_status plan_assign_slots(const graft_model *m, graft__plan *p, int 
         const graft__node *node = &m->nodes[i];
         int owner = p->owner ? p->owner[i] : i;
         p->node_slot[i] = -1;
-        if (owner != i) {
+        if (owner < 0) {
+            /* Inside a fused block: never stored. */
+        } else if (owner != i) {
             p->node_slot[i] = p->node_slot[owner];
         } else if (i != m->input_node) {
             size_t need;
@@ -157,6 +174,45 @@ static graft_status fold_into(const graft_model *m, graft__plan *p, int conv, in
     return GRAFT_OK;
 }
 
+/* Inverted-residual blocks (block.c) whose inner outputs nobody else reads run
+ * as one step at their last node; the nodes inside get no buffer. The
+ * per-thread scratch is sized for the largest block. */
+static graft_status find_blocks(const graft_model *m, graft__plan *p)
+{
+    p->block_at = graft__malloc(sizeof(int) * (size_t)m->n_nodes);
+    p->blocks = graft__calloc((size_t)m->n_nodes, sizeof(graft__block));
+    if (!p->block_at || !p->blocks)
+        return graft__fail(GRAFT_E_NOMEM, "out of memory planning the graph");
+    for (int i = 0; i < m->n_nodes; i++)
+        p->block_at[i] = -1;
+    for (int i = 0; i < m->n_nodes; i++) {
+        int members[16], n_members;
+        graft__block *b = &p->blocks[p->n_blocks];
+        if (p->block_at[i] >= 0 || !graft__block_find(m, i, b, members, &n_members))
+            continue;
+        graft_status rc = graft__block_prepare(m, b);
+        p->n_blocks++;
+        if (rc)
+            return rc;
+        p->block_at[b->last] = p->n_blocks - 1;
+        for (int k = 0; k < n_members; k++) {
+            p->block_at[members[k]] = p->n_blocks - 1;
+            p->skip[members[k]] = p->interior[members[k]] = 1;
+            p->owner[members[k]] = -1;
+        }
+        if (b->thread_floats > p->block_stride)
+            p->block_stride = b->thread_floats;
+    }
+    if (!p->n_blocks)
+        return GRAFT_OK;
+    p->block_threads = graft_threads();
+    size_t bytes;
+    if (!graft__mul_size(p->block_stride * sizeof(float), (size_t)p->block_threads, &bytes) ||
+        !(p->block_scratch = graft__malloc_aligned(bytes)))
+        return graft__fail(GRAFT_E_NOMEM, "out of memory for block scratch");
+    return GRAFT_OK;
+}
+
 /* Conv -> BatchNorm (-> ReLU) chains become one node; elementwise layers whose
  * input has no other reader run in place. */
 static graft_status analyse_fusion(const graft_model *m, graft__plan *p)
@@ -173,16 +229,21 @@ static graft_status analyse_fusion(const graft_model *m, graft__plan *p)
     p->fused = 1;
     for (int i = 0; i < m->n_nodes; i++)
         p->owner[i] = i;
+    graft_status rc = find_blocks(m, p);
+    if (rc)
+        return rc;
     float probe[1];
     for (int i = 0; i < m->n_nodes; i++) {
         const graft__node *node = &m->nodes[i];
         const graft__layer *layer = node->layer;
         int next = -1, after = -1;
+        if (p->block_at[i] >= 0)
+            continue;
         if (layer->ops->fold_affine && layer->ops->output_activation &&
             layer->ops->output_activation(layer) == GRAFT__ACT_LINEAR && i != m->output_node &&
             consumers(m, i, &next) == 1 && m->nodes[next].n_inputs == 1 &&
             !strcmp(m->nodes[next].layer->ops->class_name, "BatchNormalization")) {
-            graft_status rc = fold_into(m, p, i, next);
+            rc = fold_into(m, p, i, next);
             if (rc)
                 return rc;
             (void)probe;
@@ -202,7 +263,8 @@ static graft_status analyse_fusion(const graft_model *m, graft__plan *p)
         if (p->skip[i] || !elementwise(layer) || node->n_inputs != 1)
             continue;
         int src = node->inputs[0], only = -1;
-        if (src != m->input_node && consumers(m, src, &only) == 1 && !p->interior[src]) {
+        if (src != m->input_node && consumers(m, src, &only) == 1 && !p->interior[src] &&
+            p->owner[src] >= 0) {
             p->owner[i] = p->owner[src];
             p->interior[src] = 1;
         }
@@ -289,6 +351,13 @@ static void run_node(graft_model *m, const graft__plan *p, int i, int64_t batch,
         int src = node->inputs[k];
         inputs[k] = src == m->input_node ? input : p->slot_data[p->node_slot[src]];
         in_shapes[k] = m->nodes[src].shape;
+    }
+    if (p->block_at && p->block_at[i] >= 0) {
+        const graft__block *b = &p->blocks[p->block_at[i]];
+        graft__block_run(b, batch, b->input == m->input_node ? input : p->slot_data[p->node_slot[b->input]],
+                         p->slot_data[p->node_slot[i]], p->block_scratch, p->block_stride,
+                         p->block_threads);
+        return;
     }
     const float *folded = p->folded ? p->folded[i] : NULL;
     graft__forward_args args = {
