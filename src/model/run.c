@@ -339,25 +339,32 @@ graft_status graft_model_prepare(graft_model *m, int64_t max_batch)
     return graft__plan_build_fused(m, &m->plan, max_batch);
 }
 
+static const float *node_output(const graft_model *m, const graft__plan *p, int i,
+                                const float *input)
+{
+    return i == m->input_node ? input : p->slot_data[p->node_slot[i]];
+}
+
 static void run_node(graft_model *m, const graft__plan *p, int i, int64_t batch,
                      const float *input)
 {
     const graft__node *node = &m->nodes[i];
     if (p->skip && p->skip[i])
         return;
+    /* A fused block's inner nodes have no buffer: it reads only its input. */
+    if (p->block_at && p->block_at[i] >= 0) {
+        const graft__block *b = &p->blocks[p->block_at[i]];
+        graft__block_run(b, batch, node_output(m, p, b->input, input),
+                         p->slot_data[p->node_slot[i]], p->block_scratch, p->block_stride,
+                         p->block_threads);
+        return;
+    }
     const float *inputs[64];
     graft__shape in_shapes[64];
     for (int k = 0; k < node->n_inputs && k < 64; k++) {
         int src = node->inputs[k];
         inputs[k] = src == m->input_node ? input : p->slot_data[p->node_slot[src]];
         in_shapes[k] = m->nodes[src].shape;
-    }
-    if (p->block_at && p->block_at[i] >= 0) {
-        const graft__block *b = &p->blocks[p->block_at[i]];
-        graft__block_run(b, batch, b->input == m->input_node ? input : p->slot_data[p->node_slot[b->input]],
-                         p->slot_data[p->node_slot[i]], p->block_scratch, p->block_stride,
-                         p->block_threads);
-        return;
     }
     const float *folded = p->folded ? p->folded[i] : NULL;
     graft__forward_args args = {
@@ -398,11 +405,6 @@ static void mark_needed(const graft_model *m, const int *targets, int n, char *n
                 needed[m->nodes[i].inputs[k]] = 1;
 }
 
-static const float *node_output(const graft_model *m, const graft__plan *p, int i,
-                                const float *input)
-{
-    return i == m->input_node ? input : p->slot_data[p->node_slot[i]];
-}
 
 graft_status graft_model_forward_layers(graft_model *m, const float *input, int64_t batch,
                                         int n_layers, const char *const *names,
