@@ -267,6 +267,93 @@ static void block_wide_image_ring_wraps_three_threads(void **state)
     check_block(&(block_case){21, 40, 8, 24, 16, 3, 2, "valid", {0, 1, 0, 1}, 0, "relu6", 3});
 }
 
+/* ---- a convolution with its padding, BatchNorm and ReLU as one step ---------- */
+
+typedef struct conv_case {
+    int64_t h, w, cin, cout, kernel, stride;
+    const char *padding;  /* of the Conv2D */
+    int64_t pad[4];       /* ZeroPadding2D before it; all 0: none */
+    const char *act;      /* "relu6", "relu" or NULL (the BatchNorm ends it) */
+} conv_case;
+
+static void check_conv_step(const conv_case *c)
+{
+    char dir[] = "/tmp/graft_fusion_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    tmw_weights w;
+    tmw_weights_init(&w);
+    json_t *layers = json_array();
+    json_array_append_new(layers, tmw_input_layer("input_1", 3, (int64_t[]){c->h, c->w, c->cin}));
+    const char *x = "input_1";
+    if (c->pad[0] || c->pad[1] || c->pad[2] || c->pad[3]) {
+        json_array_append_new(layers, tmw_layer("ZeroPadding2D", "pad",
+                                                json_pack("{s:[[i,i],[i,i]]}", "padding",
+                                                          (int)c->pad[0], (int)c->pad[1],
+                                                          (int)c->pad[2], (int)c->pad[3]),
+                                                TMW_INPUTS(x)));
+        x = "pad";
+    }
+    json_array_append_new(layers, tmw_layer("Conv2D", "conv",
+                                            json_pack("{s:i,s:[i,i],s:[i,i],s:s,s:b}", "filters",
+                                                      (int)c->cout, "kernel_size", (int)c->kernel,
+                                                      (int)c->kernel, "strides", (int)c->stride,
+                                                      (int)c->stride, "padding", c->padding,
+                                                      "use_bias", 1),
+                                            TMW_INPUTS(x)));
+    float scale = 2.0f / sqrtf((float)(c->kernel * c->kernel * c->cin));
+    add_random(&w, "conv/kernel", 4, (int64_t[]){c->kernel, c->kernel, c->cin, c->cout}, -scale,
+               scale);
+    add_random(&w, "conv/bias", 1, &c->cout, -0.5f, 0.5f);
+    add_bn(layers, &w, "bn", "conv", c->cout);
+    if (c->act)
+        add_relu(layers, "act", "bn", c->act);
+    assert_true(tmw_write(dir, tmw_functional("conv", layers, "input_1", c->act ? "act" : "bn"), 1,
+                          &w));
+    tmw_weights_free(&w);
+    graft_model *m = NULL;
+    assert_int_equal(graft_model_load(dir, &m), GRAFT_OK);
+    tmw_remove(dir);
+    const int64_t batch = 3, in_n = batch * c->h * c->w * c->cin;
+    int64_t out_n = batch * graft_model_output_size(m);
+    float *x_in = malloc(sizeof(float) * (size_t)in_n);
+    for (int64_t i = 0; i < in_n; i++)
+        x_in[i] = uniform(-2.0f, 2.0f);
+    float *fused = malloc(sizeof(float) * (size_t)out_n), *plain = malloc(sizeof(float) * (size_t)out_n);
+    float *raw = malloc(sizeof(float) * (size_t)out_n);
+    assert_int_equal(graft_model_forward(m, x_in, batch, fused), GRAFT_OK);
+    assert_int_equal(m->plan.n_convs, 1);
+    const char *names[1] = {"conv"};
+    float *outs[1] = {raw};
+    assert_int_equal(graft_model_forward_layers(m, x_in, batch, 1, names, outs, plain), GRAFT_OK);
+    double max_diff = 0.0, max_ref = 0.0;
+    for (int64_t i = 0; i < out_n; i++) {
+        max_diff = fmax(max_diff, fabs(fused[i] - plain[i]));
+        max_ref = fmax(max_ref, fabs(plain[i]));
+    }
+    if (!(max_diff <= 1e-5 * fmax(1.0, max_ref)))
+        print_error("conv %lldx%lldx%lld k %lld s %lld: max|diff| %.3g (max %.3g)\n",
+                    (long long)c->h, (long long)c->w, (long long)c->cin, (long long)c->kernel,
+                    (long long)c->stride, max_diff, max_ref);
+    assert_true(max_diff <= 1e-5 * fmax(1.0, max_ref));
+    free(x_in), free(fused), free(plain), free(raw);
+    graft_model_free(m);
+}
+
+static void conv_step_zero_padding_stride2_relu6_as_keras_stem(void **state)
+{
+    check_conv_step(&(conv_case){12, 10, 3, 32, 3, 2, "valid", {0, 1, 0, 1}, "relu6"});
+}
+
+static void conv_step_uneven_zero_padding_same_conv_relu(void **state)
+{
+    check_conv_step(&(conv_case){9, 11, 5, 9, 3, 2, "same", {1, 2, 0, 1}, "relu"});
+}
+
+static void conv_step_pointwise_without_activation(void **state)
+{
+    check_conv_step(&(conv_case){7, 5, 20, 33, 1, 1, "valid", {0}, NULL});
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -279,6 +366,9 @@ int main(void)
         cmocka_unit_test(block_relu_expand_channels_not_multiple_of_vector),
         cmocka_unit_test(block_5x5_kernel_zero_padding_and_same),
         cmocka_unit_test(block_wide_image_ring_wraps_three_threads),
+        cmocka_unit_test(conv_step_zero_padding_stride2_relu6_as_keras_stem),
+        cmocka_unit_test(conv_step_uneven_zero_padding_same_conv_relu),
+        cmocka_unit_test(conv_step_pointwise_without_activation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,7 +2,8 @@
  * values, the packed kernel against the ref over sizes below, at and above its
  * register tile (rows not a multiple of GRAFT_GEMM_MR, columns not a multiple of
  * the vector width), every activation, with and without a residual, with row
- * strides wider than the rows, and the residual in place. */
+ * strides wider than the rows, and the residual in place. Then convolutions run
+ * through im2col and that GEMM, against the naive convolution. */
 #include "kernel_tester.h"
 
 #include "kernels/gemm.h"
@@ -96,6 +97,67 @@ static void gemm_fused_packed_mobilenet_shapes(void **state)
     assert_int_equal(failures, 0);
 }
 
+/* ---- convolution through im2col and the fused GEMM --------------------------- */
+
+static float clamp_act(graft__activation act, float x)
+{
+    if (act != GRAFT__ACT_LINEAR)
+        x = x > 0.0f ? x : 0.0f;
+    if (act == GRAFT__ACT_RELU6)
+        x = x < 6.0f ? x : 6.0f;
+    return x;
+}
+
+/* The whole batch's pixels split in three uneven ranges, against conv2d__ref
+ * followed by the activation. */
+static int conv_case(int64_t n, int64_t h, int64_t w, int64_t c, int64_t co, int64_t k,
+                     int64_t s, int64_t d, int same, graft__activation act)
+{
+    graft_conv_geom g = geom(n, h, w, c, co, k, k, s, s, d, d);
+    if (!graft_conv_geom_init(&g, same))
+        return 1;
+    const int64_t K = k * k * c, pixels = n * g.out_h * g.out_w;
+    float *in = rand_buf(n * h * w * c, 2.0f), *kernel = rand_buf(K * co, 3.0f / sqrtf((float)K));
+    float *bias = rand_buf(co, 1.0f), *want = guarded_buf(pixels * co), *got = guarded_buf(pixels * co);
+    float *packed = rand_buf(graft_f32_gemm_packed_floats(K, co), 1.0f);
+    float *scratch = rand_buf((int64_t)graft_f32_conv2d_fused_scratch_floats(&g) + 1, 1.0f);
+    graft_f32_gemm_pack(K, co, kernel, bias, packed);
+    graft_f32_conv2d__ref(&g, in, kernel, bias, want);
+    for (int64_t i = 0; i < pixels * co; i++)
+        want[i] = clamp_act(act, want[i]);
+    const int64_t cut[4] = {0, pixels / 3, pixels / 3 + 1 + pixels / 2, pixels};
+    for (int part = 0; part < 3; part++)
+        if (cut[part] < cut[part + 1])
+            graft_f32_conv2d_fused__packed(&g, cut[part], cut[part + 1], in, packed, act, got,
+                                           scratch);
+    char what[160];
+    snprintf(what, sizeof what, "conv fused n=%lld %lldx%lldx%lld->%lld k=%lld s=%lld d=%lld "
+             "same=%d act=%d", (long long)n, (long long)h, (long long)w, (long long)c,
+             (long long)co, (long long)k, (long long)s, (long long)d, same, act);
+    int ok = close_enough(what, got, want, pixels * co);
+    free(in), free(kernel), free(bias), free(want), free(got), free(packed), free(scratch);
+    return ok;
+}
+
+static void conv2d_fused_matches_ref_strides_padding_channels(void **state)
+{
+    const int64_t channels[][2] = {{3, 32}, {1, 1}, {5, 9}, {8, 17}, {16, 24}};
+    const graft__activation acts[] = {GRAFT__ACT_LINEAR, GRAFT__ACT_RELU, GRAFT__ACT_RELU6};
+    int failures = 0, i = 0;
+    for (size_t ch = 0; ch < sizeof channels / sizeof *channels; ch++)
+        for (int64_t s = 1; s <= 3; s++)
+            for (int same = 0; same <= 1; same++, i++)
+                failures += !conv_case(2, 9, 11, channels[ch][0], channels[ch][1], 3, s, 1, same,
+                                       acts[i % 3]);
+    failures += !conv_case(3, 7, 6, 4, 10, 1, 1, 1, 0, GRAFT__ACT_RELU6); /* plain GEMM path */
+    failures += !conv_case(2, 7, 6, 4, 10, 1, 2, 1, 1, GRAFT__ACT_RELU);  /* 1x1, stride 2 */
+    failures += !conv_case(1, 12, 13, 3, 7, 5, 2, 1, 1, GRAFT__ACT_RELU6);
+    failures += !conv_case(1, 12, 13, 3, 7, 3, 1, 2, 1, GRAFT__ACT_LINEAR);
+    /* MobileNetV2's Conv1 on a small image: 3x3 stride 2, 3 -> 32. */
+    failures += !conv_case(2, 30, 30, 3, 32, 3, 2, 1, 1, GRAFT__ACT_RELU6);
+    assert_int_equal(failures, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -104,6 +166,7 @@ int main(void)
         cmocka_unit_test(gemm_fused_packed_residual_in_place),
         cmocka_unit_test(gemm_fused_packed_long_k_spans_row_blocks),
         cmocka_unit_test(gemm_fused_packed_mobilenet_shapes),
+        cmocka_unit_test(conv2d_fused_matches_ref_strides_padding_channels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -79,6 +79,20 @@ void graft_f32_conv2d__gemm(const graft_conv_geom *g,
                             float *out,          /* (N, out_h, out_w, out_c) */
                             float *scratch);     /* graft_f32_conv2d_scratch_bytes(g) bytes, or NULL if 0 */
 
+/* Inference: act(conv(in, kernel) + bias) for output pixels [p0, p1) of the
+ * flattened (N, out_h, out_w), with the kernel and bias packed for the fused
+ * GEMM (graft_f32_gemm_pack of the (kernel_h*kernel_w*in_c, out_c) kernel) and
+ * act linear, relu or relu6 applied before the one store. Chunks of pixels go
+ * through im2col into scratch (graft_f32_conv2d_fused_scratch_floats floats;
+ * none for an unpadded 1x1 with stride 1, which is a GEMM on the input). */
+size_t graft_f32_conv2d_fused_scratch_floats(const graft_conv_geom *g);
+void graft_f32_conv2d_fused__packed(const graft_conv_geom *g, int64_t p0, int64_t p1,
+                                    const float *in,     /* (N, in_h, in_w, in_c) */
+                                    const float *packed, /* packed kernel and bias */
+                                    graft__activation act,
+                                    float *out,          /* (N, out_h, out_w, out_c) */
+                                    float *scratch);
+
 /* ---- DepthwiseConv2D ------------------------------------------------------- */
 /* Depth multiplier M = out_c / in_c; output channel c*M + m reads input channel c
  * with kernel[.., .., c, m]. Rows [row_start, row_end) index batch*out_h. */

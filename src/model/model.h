@@ -42,6 +42,24 @@ void graft__block_free(graft__block *blk);
 void graft__block_run(const graft__block *blk, int64_t batch, const float *x, float *y,
                       float *scratch, size_t scratch_stride, int threads);
 
+/* A Conv2D with its BatchNorm folded, a ReLU(6) after it and a ZeroPadding2D
+ * before it, fused for inference (conv_step.c). */
+typedef struct graft__conv_step {
+    int input, last, conv_node, bn_node;
+    graft_conv_geom g;             /* batch 1, the padding folded in */
+    graft__activation act;
+    float *packed;                 /* folded kernel and bias, packed */
+    size_t thread_floats;          /* scratch one thread needs */
+} graft__conv_step;
+
+/* As graft__block_find, for a step starting at a ZeroPadding2D or Conv2D. */
+int graft__conv_step_find(const graft_model *m, int start, graft__conv_step *c, int *members,
+                          int *n_members);
+graft_status graft__conv_step_prepare(const graft_model *m, graft__conv_step *c);
+void graft__conv_step_free(graft__conv_step *c);
+void graft__conv_step_run(const graft__conv_step *c, int64_t batch, const float *x, float *y,
+                          float *scratch, size_t scratch_stride, int threads);
+
 /* Executor state for one maximum batch: every node output gets a slot of the
  * activation arena, reused once its last reader has run. */
 typedef struct graft__plan {
@@ -62,10 +80,12 @@ typedef struct graft__plan {
     graft__activation *epilogue;
     int *owner;           /* node whose slot holds this node's output (itself if none,
                              -1 inside a fused block: no buffer at all) */
-    int n_blocks;
+    int n_blocks, n_convs;
     graft__block *blocks;
-    int *block_at;        /* per node: the block it runs, or -1 */
-    float *block_scratch; /* block_threads shares of block_stride floats */
+    graft__conv_step *convs;
+    int *block_at;        /* per node: the block it runs in, or -1 */
+    int *conv_at;         /* per node: the conv step it runs in, or -1 */
+    float *block_scratch; /* block_threads shares of block_stride floats (blocks, convs) */
     size_t block_stride;
     int block_threads;
 } graft__plan;

@@ -15,6 +15,10 @@ void graft__plan_free(graft__plan *plan)
         graft__block_free(&plan->blocks[i]);
     graft__free(plan->blocks);
     graft__free(plan->block_at);
+    for (int i = 0; i < plan->n_convs; i++)
+        graft__conv_step_free(&plan->convs[i]);
+    graft__free(plan->convs);
+    graft__free(plan->conv_at);
     graft__free_aligned(plan->block_scratch);
     graft__free(plan->skip);
     graft__free(plan->interior);
@@ -55,7 +59,11 @@ static int take_slot(graft__plan *p, const int *busy, size_t need)
 /* Where node i runs: inside a fused block, at the block's last node. */
 static int exec_at(const graft__plan *p, int i)
 {
-    return p->block_at && p->block_at[i] >= 0 ? p->blocks[p->block_at[i]].last : i;
+    if (p->block_at && p->block_at[i] >= 0)
+        return p->blocks[p->block_at[i]].last;
+    if (p->conv_at && p->conv_at[i] >= 0)
+        return p->convs[p->conv_at[i]].last;
+    return i;
 }
 
 /* The last step reading the buffer a node writes: with fusion several nodes
@@ -174,19 +182,32 @@ static graft_status fold_into(const graft_model *m, graft__plan *p, int conv, in
     return GRAFT_OK;
 }
 
-/* Inverted-residual blocks (block.c) whose inner outputs nobody else reads run
- * as one step at their last node; the nodes inside get no buffer. The
- * per-thread scratch is sized for the largest block. */
-static graft_status find_blocks(const graft_model *m, graft__plan *p)
+/* Marks a fused step's inner nodes: run inside it, no buffer. */
+static void mark_members(graft__plan *p, int *at, int index, const int *members, int n)
+{
+    for (int k = 0; k < n; k++) {
+        at[members[k]] = index;
+        p->skip[members[k]] = p->interior[members[k]] = 1;
+        p->owner[members[k]] = -1;
+    }
+}
+
+/* Inverted-residual blocks (block.c), then convolutions with their BatchNorm
+ * and ReLU (conv_step.c), whose inner outputs nobody else reads run as one
+ * step at their last node; the nodes inside get no buffer. The per-thread
+ * scratch is sized for the largest step. */
+static graft_status find_steps(const graft_model *m, graft__plan *p)
 {
     p->block_at = graft__malloc(sizeof(int) * (size_t)m->n_nodes);
+    p->conv_at = graft__malloc(sizeof(int) * (size_t)m->n_nodes);
     p->blocks = graft__calloc((size_t)m->n_nodes, sizeof(graft__block));
-    if (!p->block_at || !p->blocks)
+    p->convs = graft__calloc((size_t)m->n_nodes, sizeof(graft__conv_step));
+    if (!p->block_at || !p->conv_at || !p->blocks || !p->convs)
         return graft__fail(GRAFT_E_NOMEM, "out of memory planning the graph");
     for (int i = 0; i < m->n_nodes; i++)
-        p->block_at[i] = -1;
+        p->block_at[i] = p->conv_at[i] = -1;
+    int members[16], n_members;
     for (int i = 0; i < m->n_nodes; i++) {
-        int members[16], n_members;
         graft__block *b = &p->blocks[p->n_blocks];
         if (p->block_at[i] >= 0 || !graft__block_find(m, i, b, members, &n_members))
             continue;
@@ -195,15 +216,32 @@ static graft_status find_blocks(const graft_model *m, graft__plan *p)
         if (rc)
             return rc;
         p->block_at[b->last] = p->n_blocks - 1;
-        for (int k = 0; k < n_members; k++) {
-            p->block_at[members[k]] = p->n_blocks - 1;
-            p->skip[members[k]] = p->interior[members[k]] = 1;
-            p->owner[members[k]] = -1;
-        }
+        mark_members(p, p->block_at, p->n_blocks - 1, members, n_members);
         if (b->thread_floats > p->block_stride)
             p->block_stride = b->thread_floats;
     }
-    if (!p->n_blocks)
+    for (int i = 0; i < m->n_nodes; i++) {
+        graft__conv_step *c = &p->convs[p->n_convs];
+        if (p->block_at[i] >= 0 || p->conv_at[i] >= 0 ||
+            !graft__conv_step_find(m, i, c, members, &n_members))
+            continue;
+        int taken = p->block_at[c->last] >= 0;
+        for (int k = 0; k < n_members; k++)
+            taken |= p->block_at[members[k]] >= 0;
+        if (taken) {
+            memset(c, 0, sizeof *c);
+            continue;
+        }
+        graft_status rc = graft__conv_step_prepare(m, c);
+        p->n_convs++;
+        if (rc)
+            return rc;
+        p->conv_at[c->last] = p->n_convs - 1;
+        mark_members(p, p->conv_at, p->n_convs - 1, members, n_members);
+        if (c->thread_floats > p->block_stride)
+            p->block_stride = c->thread_floats;
+    }
+    if (!p->n_blocks && !p->n_convs)
         return GRAFT_OK;
     p->block_threads = graft_threads();
     size_t bytes;
@@ -229,7 +267,7 @@ static graft_status analyse_fusion(const graft_model *m, graft__plan *p)
     p->fused = 1;
     for (int i = 0; i < m->n_nodes; i++)
         p->owner[i] = i;
-    graft_status rc = find_blocks(m, p);
+    graft_status rc = find_steps(m, p);
     if (rc)
         return rc;
     float probe[1];
@@ -237,7 +275,7 @@ static graft_status analyse_fusion(const graft_model *m, graft__plan *p)
         const graft__node *node = &m->nodes[i];
         const graft__layer *layer = node->layer;
         int next = -1, after = -1;
-        if (p->block_at[i] >= 0)
+        if (p->block_at[i] >= 0 || p->conv_at[i] >= 0)
             continue;
         if (layer->ops->fold_affine && layer->ops->output_activation &&
             layer->ops->output_activation(layer) == GRAFT__ACT_LINEAR && i != m->output_node &&
@@ -357,6 +395,13 @@ static void run_node(graft_model *m, const graft__plan *p, int i, int64_t batch,
         graft__block_run(b, batch, node_output(m, p, b->input, input),
                          p->slot_data[p->node_slot[i]], p->block_scratch, p->block_stride,
                          p->block_threads);
+        return;
+    }
+    if (p->conv_at && p->conv_at[i] >= 0) {
+        const graft__conv_step *c = &p->convs[p->conv_at[i]];
+        graft__conv_step_run(c, batch, node_output(m, p, c->input, input),
+                             p->slot_data[p->node_slot[i]], p->block_scratch, p->block_stride,
+                             p->block_threads);
         return;
     }
     const float *inputs[64];
