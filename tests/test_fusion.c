@@ -71,6 +71,8 @@ typedef struct block_case {
     int residual;
     const char *expand_act;      /* "relu6" (a ReLU layer) or "relu" (an Activation) */
     int threads;
+    int64_t expand_kernel, expand_stride; /* 0: a 1x1 expand */
+    int64_t expand_pad[4];       /* ZeroPadding2D before the expand conv */
 } block_case;
 
 static uint32_t lcg = 2463534242u;
@@ -120,18 +122,25 @@ static void add_relu(json_t *layers, const char *name, const char *input, const 
                                                 TMW_INPUTS(input)));
 }
 
-static void add_pointwise(json_t *layers, tmw_weights *w, const char *name, const char *input,
-                          int64_t cin, int64_t cout)
+static void add_conv(json_t *layers, tmw_weights *w, const char *name, const char *input,
+                     int64_t cin, int64_t cout, int64_t k, int64_t stride, const char *padding)
 {
     char key[64];
     json_array_append_new(layers, tmw_layer("Conv2D", name,
-                                            json_pack("{s:i,s:[i,i],s:s,s:b}", "filters", (int)cout,
-                                                      "kernel_size", 1, 1, "padding", "same",
-                                                      "use_bias", 0),
+                                            json_pack("{s:i,s:[i,i],s:[i,i],s:s,s:b}", "filters",
+                                                      (int)cout, "kernel_size", (int)k, (int)k,
+                                                      "strides", (int)stride, (int)stride,
+                                                      "padding", padding, "use_bias", 0),
                                             TMW_INPUTS(input)));
     snprintf(key, sizeof key, "%s/kernel", name);
-    float scale = 2.0f / sqrtf((float)cin);
-    add_random(w, key, 4, (int64_t[]){1, 1, cin, cout}, -scale, scale);
+    float scale = 2.0f / sqrtf((float)(k * k * cin));
+    add_random(w, key, 4, (int64_t[]){k, k, cin, cout}, -scale, scale);
+}
+
+static void add_pointwise(json_t *layers, tmw_weights *w, const char *name, const char *input,
+                          int64_t cin, int64_t cout)
+{
+    add_conv(layers, w, name, input, cin, cout, 1, 1, "same");
 }
 
 /* input -> [e -> e_bn -> e_relu] -> [pad] -> dw -> dw_bn -> dw_relu -> p -> p_bn [-> add]. */
@@ -143,7 +152,20 @@ static void write_block_model(const char *dir, const block_case *c)
     json_array_append_new(layers, tmw_input_layer("input_1", 3, (int64_t[]){c->h, c->w, c->cin}));
     const char *x = "input_1";
     int64_t ce = c->ce ? c->ce : c->cin;
-    if (c->ce) {
+    if (c->expand_pad[0] || c->expand_pad[1] || c->expand_pad[2] || c->expand_pad[3]) {
+        json_array_append_new(layers, tmw_layer("ZeroPadding2D", "e_pad",
+                                                json_pack("{s:[[i,i],[i,i]]}", "padding",
+                                                          (int)c->expand_pad[0], (int)c->expand_pad[1],
+                                                          (int)c->expand_pad[2], (int)c->expand_pad[3]),
+                                                TMW_INPUTS(x)));
+        x = "e_pad";
+    }
+    if (c->ce && c->expand_kernel) {
+        add_conv(layers, &w, "e", x, c->cin, ce, c->expand_kernel, c->expand_stride, "valid");
+        add_bn(layers, &w, "e_bn", "e", ce);
+        add_relu(layers, "e_relu", "e_bn", c->expand_act);
+        x = "e_relu";
+    } else if (c->ce) {
         add_pointwise(layers, &w, "e", x, c->cin, ce);
         add_bn(layers, &w, "e_bn", "e", ce);
         add_relu(layers, "e_relu", "e_bn", c->expand_act);
@@ -226,45 +248,55 @@ static void check_block(const block_case *c)
 
 static void block_stride1_same_residual_odd_sizes(void **state)
 {
-    check_block(&(block_case){9, 11, 5, 30, 5, 3, 1, "same", {0}, 1, "relu6", 2});
+    check_block(&(block_case){9, 11, 5, 30, 5, 3, 1, "same", {0}, 1, "relu6", 2, 0, 0, {0}});
 }
 
 static void block_stride2_one_sided_zero_padding_as_keras(void **state)
 {
-    check_block(&(block_case){10, 12, 8, 48, 12, 3, 2, "valid", {0, 1, 0, 1}, 0, "relu6", 2});
+    check_block(&(block_case){10, 12, 8, 48, 12, 3, 2, "valid", {0, 1, 0, 1}, 0, "relu6", 2, 0, 0, {0}});
 }
 
 static void block_stride2_symmetric_zero_padding_odd_input(void **state)
 {
-    check_block(&(block_case){9, 7, 6, 36, 10, 3, 2, "valid", {1, 1, 1, 1}, 0, "relu6", 2});
+    check_block(&(block_case){9, 7, 6, 36, 10, 3, 2, "valid", {1, 1, 1, 1}, 0, "relu6", 2, 0, 0, {0}});
 }
 
 static void block_stride2_same_padding_without_zero_padding(void **state)
 {
-    check_block(&(block_case){13, 6, 4, 24, 9, 3, 2, "same", {0}, 0, "relu6", 2});
+    check_block(&(block_case){13, 6, 4, 24, 9, 3, 2, "same", {0}, 0, "relu6", 2, 0, 0, {0}});
 }
 
 static void block_without_expand_stage(void **state)
 {
-    check_block(&(block_case){8, 9, 19, 0, 7, 3, 1, "same", {0}, 0, "relu6", 2});
+    check_block(&(block_case){8, 9, 19, 0, 7, 3, 1, "same", {0}, 0, "relu6", 2, 0, 0, {0}});
 }
 
 static void block_relu_expand_channels_not_multiple_of_vector(void **state)
 {
-    check_block(&(block_case){7, 10, 9, 17, 9, 3, 1, "same", {0}, 1, "relu", 2});
+    check_block(&(block_case){7, 10, 9, 17, 9, 3, 1, "same", {0}, 1, "relu", 2, 0, 0, {0}});
 }
 
 static void block_5x5_kernel_zero_padding_and_same(void **state)
 {
-    check_block(&(block_case){11, 9, 6, 30, 6, 5, 1, "same", {1, 2, 2, 1}, 0, "relu6", 2});
+    check_block(&(block_case){11, 9, 6, 30, 6, 5, 1, "same", {1, 2, 2, 1}, 0, "relu6", 2, 0, 0, {0}});
 }
 
 /* Wide rows: bands of several rows and the ring of expanded rows wrapping
  * around, on three threads whose shares start mid-image. */
 static void block_wide_image_ring_wraps_three_threads(void **state)
 {
-    check_block(&(block_case){21, 40, 8, 24, 8, 3, 1, "same", {0}, 1, "relu6", 3});
-    check_block(&(block_case){21, 40, 8, 24, 16, 3, 2, "valid", {0, 1, 0, 1}, 0, "relu6", 3});
+    check_block(&(block_case){21, 40, 8, 24, 8, 3, 1, "same", {0}, 1, "relu6", 3, 0, 0, {0}});
+    check_block(&(block_case){21, 40, 8, 24, 16, 3, 2, "valid", {0, 1, 0, 1}, 0, "relu6", 3, 0, 0, {0}});
+}
+
+/* The expand stage as a padded 3x3 stride-2 convolution (MobileNetV2's stem
+ * before its first block), rows of it recomputed for no band. */
+static void block_expand_stage_is_padded_strided_3x3_conv(void **state)
+{
+    check_block(&(block_case){12, 14, 3, 16, 8, 3, 1, "same", {0}, 0, "relu6", 2, 3, 2,
+                              {0, 1, 0, 1}});
+    check_block(&(block_case){11, 9, 3, 10, 7, 3, 2, "valid", {1, 1, 1, 1}, 0, "relu", 3, 3, 1,
+                              {1, 1, 1, 1}});
 }
 
 /* ---- a convolution with its padding, BatchNorm and ReLU as one step ---------- */
@@ -366,6 +398,7 @@ int main(void)
         cmocka_unit_test(block_relu_expand_channels_not_multiple_of_vector),
         cmocka_unit_test(block_5x5_kernel_zero_padding_and_same),
         cmocka_unit_test(block_wide_image_ring_wraps_three_threads),
+        cmocka_unit_test(block_expand_stage_is_padded_strided_3x3_conv),
         cmocka_unit_test(conv_step_zero_padding_stride2_relu6_as_keras_stem),
         cmocka_unit_test(conv_step_uneven_zero_padding_same_conv_relu),
         cmocka_unit_test(conv_step_pointwise_without_activation),

@@ -128,8 +128,8 @@ static int conv_case(int64_t n, int64_t h, int64_t w, int64_t c, int64_t co, int
     const int64_t cut[4] = {0, pixels / 3, pixels / 3 + 1 + pixels / 2, pixels};
     for (int part = 0; part < 3; part++)
         if (cut[part] < cut[part + 1])
-            graft_f32_conv2d_fused__packed(&g, cut[part], cut[part + 1], in, packed, act, got,
-                                           scratch);
+            graft_f32_conv2d_fused__packed(&g, cut[part], cut[part + 1], in, packed, act,
+                                           got + cut[part] * co, scratch);
     char what[160];
     snprintf(what, sizeof what, "conv fused n=%lld %lldx%lldx%lld->%lld k=%lld s=%lld d=%lld "
              "same=%d act=%d", (long long)n, (long long)h, (long long)w, (long long)c,

@@ -80,7 +80,7 @@ void graft_f32_conv2d__gemm(const graft_conv_geom *g,
                             float *scratch);     /* graft_f32_conv2d_scratch_bytes(g) bytes, or NULL if 0 */
 
 /* Inference: act(conv(in, kernel) + bias) for output pixels [p0, p1) of the
- * flattened (N, out_h, out_w), with the kernel and bias packed for the fused
+ * flattened (N, out_h, out_w), written from out on, with the kernel and bias packed for the fused
  * GEMM (graft_f32_gemm_pack of the (kernel_h*kernel_w*in_c, out_c) kernel) and
  * act linear, relu or relu6 applied before the one store. Chunks of pixels go
  * through im2col into scratch (graft_f32_conv2d_fused_scratch_floats floats;
@@ -90,7 +90,7 @@ void graft_f32_conv2d_fused__packed(const graft_conv_geom *g, int64_t p0, int64_
                                     const float *in,     /* (N, in_h, in_w, in_c) */
                                     const float *packed, /* packed kernel and bias */
                                     graft__activation act,
-                                    float *out,          /* (N, out_h, out_w, out_c) */
+                                    float *out,          /* (p1 - p0, out_c) */
                                     float *scratch);
 
 /* ---- DepthwiseConv2D ------------------------------------------------------- */

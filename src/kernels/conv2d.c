@@ -168,15 +168,16 @@ void graft_f32_conv2d_fused__packed(const graft_conv_geom *g, int64_t p0, int64_
 {
     const int64_t CO = g->out_c, K = g->kernel_h * g->kernel_w * g->in_c;
     if (is_pointwise(g)) {
-        graft_f32_gemm_fused__packed(p1 - p0, CO, K, in + p0 * K, K, packed, act, NULL, 0,
-                                     out + p0 * CO, CO);
+        graft_f32_gemm_fused__packed(p1 - p0, CO, K, in + p0 * K, K, packed, act, NULL, 0, out,
+                                     CO);
         return;
     }
     for (int64_t c0 = p0; c0 < p1; c0 += FUSED_CHUNK) {
         int64_t m = p1 - c0 < FUSED_CHUNK ? p1 - c0 : FUSED_CHUNK;
         for (int64_t i = 0; i < m; i++)
             im2col_pixel(g, in, c0 + i, scratch + i * K);
-        graft_f32_gemm_fused__packed(m, CO, K, scratch, K, packed, act, NULL, 0, out + c0 * CO, CO);
+        graft_f32_gemm_fused__packed(m, CO, K, scratch, K, packed, act, NULL, 0,
+                                     out + (c0 - p0) * CO, CO);
     }
 }
 

@@ -1,7 +1,9 @@
 /* Inverted-residual blocks at inference: expand 1x1 -> BatchNorm -> ReLU6 ->
  * (ZeroPadding2D) -> depthwise -> BatchNorm -> ReLU6 -> project 1x1 ->
  * BatchNorm (-> Add with the block's input), as MobileNetV2 chains them, run as
- * one step a band of output rows at a time. The expanded activation (six times
+ * one step a band of output rows at a time. The expand stage may be any
+ * convolution, padded by a ZeroPadding2D before it (MobileNetV2's stem, 3x3
+ * stride 2, before its first block), run through im2col. The expanded activation (six times
  * the block's input) then lives in a ring of rows that stays in L2 instead of
  * going to DRAM and back three times (expand, pad, depthwise), and each thread
  * runs its own rows through all three stages with no barrier between them. */
@@ -77,20 +79,43 @@ static int bn_relu_after(const graft_model *m, int conv, int *bn, graft__activat
 
 /* The nodes of one block as matched, before anything is allocated. */
 typedef struct block_nodes {
-    int input, expand, expand_bn, expand_relu, pad, dw, dw_bn, dw_relu, project, project_bn, add;
+    int input, expand_pad, expand, expand_bn, expand_relu, pad, dw, dw_bn, dw_relu, project,
+        project_bn, add;
     int64_t pad_amounts[4];
 } block_nodes;
 
 /* Matches a block starting at node i (its expand conv, or its depthwise conv
  * when it has no expand stage); 0 when i starts none. */
+/* A linear Conv2D, or a ZeroPadding2D read only by one, at i: the conv node
+ * and its geometry over the unpadded input; -1 if neither. */
+static int expand_conv_at(const graft_model *m, int i, int *pad_node, graft_conv_geom *g)
+{
+    int64_t pad[4] = {0, 0, 0, 0};
+    int conv = i;
+    *pad_node = -1;
+    if (is_kind(m, i, "ZeroPadding2D") && graft__zero_padding_amounts(m->nodes[i].layer, pad)) {
+        *pad_node = i;
+        conv = only_reader(m, i);
+    }
+    if (!is_kind(m, conv, "Conv2D") ||
+        m->nodes[conv].layer->ops->output_activation(m->nodes[conv].layer))
+        return -1;
+    *g = node_geom(m, conv);
+    g->in_h -= pad[0] + pad[1];
+    g->in_w -= pad[2] + pad[3];
+    g->pad_top += pad[0];
+    g->pad_left += pad[2];
+    return conv;
+}
+
 static int match_block(const graft_model *m, int i, block_nodes *b, graft__block *blk)
 {
     memset(b, -1, sizeof *b);
     memset(b->pad_amounts, 0, sizeof b->pad_amounts);
     int next = i;
-    if (is_pointwise(m, i)) {
-        b->expand = i;
-        if ((b->expand_relu = bn_relu_after(m, i, &b->expand_bn, &blk->expand_act)) < 0)
+    b->expand = expand_conv_at(m, i, &b->expand_pad, &blk->expand);
+    if (b->expand >= 0) {
+        if ((b->expand_relu = bn_relu_after(m, b->expand, &b->expand_bn, &blk->expand_act)) < 0)
             return 0;
         next = only_reader(m, b->expand_relu);
     }
@@ -111,7 +136,10 @@ static int match_block(const graft_model *m, int i, block_nodes *b, graft__block
     b->project_bn = only_reader(m, b->project);
     if (!is_kind(m, b->project_bn, "BatchNormalization"))
         return 0;
-    int first = b->expand >= 0 ? b->expand : b->pad >= 0 ? b->pad : b->dw;
+    int first = b->expand_pad >= 0 ? b->expand_pad
+                : b->expand >= 0   ? b->expand
+                : b->pad >= 0      ? b->pad
+                                   : b->dw;
     b->input = m->nodes[first].inputs[0];
     int add = only_reader(m, b->project_bn);
     if (is_kind(m, add, "Add") && m->nodes[add].n_inputs == 2) {
@@ -171,6 +199,7 @@ static float *fold_dw(const graft_model *m, int dw, int bn, int64_t c)
 /* Rows per band and of the ring, and the scratch one thread needs. */
 static void size_bands(graft__block *b)
 {
+    b->im2col_floats = b->has_expand ? (graft_f32_conv2d_fused_scratch_floats(&b->expand) + 15) / 16 * 16 : 0;
     const graft_conv_geom *g = &b->dw;
     const int64_t span = (g->kernel_h - 1) * g->dilation_h + 1;
     int64_t rows = (BAND_PIXELS + g->out_w - 1) / g->out_w;
@@ -180,7 +209,7 @@ static void size_bands(graft__block *b)
         b->band_rows = rows;
         b->ring_rows = b->has_expand ? (rows - 1) * g->stride_h + span : 0;
         size_t floats = (size_t)((b->ring_rows * g->in_w + rows * g->out_w) * b->ce);
-        b->thread_floats = (floats + 15) / 16 * 16;
+        b->thread_floats = (floats + 15) / 16 * 16 + b->im2col_floats;
         if (rows == 1 || floats * sizeof(float) <= BLOCK_L2_BYTES)
             return;
         rows--;
@@ -203,17 +232,19 @@ int graft__block_find(const graft_model *m, int start, graft__block *blk, int *m
     if (!match_block(m, start, &b, blk))
         return 0;
     const graft__shape *in = &m->nodes[b.input].shape;
+    if (b.expand >= 0 && (blk->expand.out_h != blk->dw.in_h || blk->expand.out_w != blk->dw.in_w))
+        return 0;
     blk->input = b.input;
     blk->last = b.add >= 0 ? b.add : b.project_bn;
     blk->has_expand = b.expand >= 0;
     blk->residual = b.add >= 0;
-    blk->in_h = in->dim[0];
-    blk->in_w = in->dim[1];
+    blk->x_h = in->dim[0];
+    blk->x_w = in->dim[1];
     blk->cin = in->dim[2];
     blk->ce = blk->dw.in_c;
     blk->cout = m->nodes[b.project].shape.dim[2];
-    const int all[] = {b.expand, b.expand_bn, b.expand_relu, b.pad, b.dw, b.dw_bn,
-                       b.dw_relu, b.project, b.project_bn, b.add};
+    const int all[] = {b.expand_pad, b.expand, b.expand_bn, b.expand_relu, b.pad, b.dw,
+                       b.dw_bn, b.dw_relu, b.project, b.project_bn, b.add};
     *n_members = 0;
     for (size_t k = 0; k < sizeof all / sizeof *all; k++)
         if (all[k] >= 0 && all[k] != blk->last)
@@ -231,7 +262,8 @@ int graft__block_find(const graft_model *m, int start, graft__block *blk, int *m
 graft_status graft__block_prepare(const graft_model *m, graft__block *blk)
 {
     if (blk->has_expand &&
-        !(blk->expand_packed = fold_packed(m, blk->expand_node, blk->expand_bn_node, blk->cin,
+        !(blk->expand_packed = fold_packed(m, blk->expand_node, blk->expand_bn_node,
+                                           blk->expand.kernel_h * blk->expand.kernel_w * blk->cin,
                                            blk->ce)))
         return graft__fail(GRAFT_E_NOMEM, "out of memory folding '%s'",
                            m->nodes[blk->expand_node].layer->name);
@@ -244,18 +276,18 @@ graft_status graft__block_prepare(const graft_model *m, graft__block *blk)
 }
 
 /* Expanded rows [from, to) of one image into their ring slots (row iy in slot
- * iy mod ring_rows), one GEMM per contiguous run of slots. */
-static void expand_rows(const graft__block *b, const float *img, float *ring, int64_t from,
-                        int64_t to)
+ * iy mod ring_rows), one call per contiguous run of slots. */
+static void expand_rows(const graft__block *b, const float *img, float *ring, float *im2col,
+                        int64_t from, int64_t to)
 {
-    const int64_t W = b->in_w;
+    const int64_t W = b->dw.in_w;
     while (from < to) {
         int64_t slot = from % b->ring_rows, run = to - from;
         if (run > b->ring_rows - slot)
             run = b->ring_rows - slot;
-        graft_f32_gemm_fused__packed(run * W, b->ce, b->cin, img + from * W * b->cin, b->cin,
-                                     b->expand_packed, b->expand_act, NULL, 0,
-                                     ring + slot * W * b->ce, b->ce);
+        graft_f32_conv2d_fused__packed(&b->expand, from * W, (from + run) * W, img,
+                                       b->expand_packed, b->expand_act, ring + slot * W * b->ce,
+                                       im2col);
         from += run;
     }
 }
@@ -267,8 +299,9 @@ static void run_rows(const graft__block *b, const float *x, float *y, float *scr
                      int64_t r1)
 {
     const graft_conv_geom *g = &b->dw;
-    const int64_t H = b->in_h, W = b->in_w, OH = g->out_h, OW = g->out_w;
-    float *ring = scratch, *band = scratch + b->ring_rows * W * b->ce;
+    const int64_t H = g->in_h, W = g->in_w, OH = g->out_h, OW = g->out_w;
+    float *im2col = scratch, *ring = scratch + b->im2col_floats;
+    float *band = ring + b->ring_rows * W * b->ce;
     const float *dw_kernel = b->dw_weights;
     const float *dw_bias = b->dw_weights + g->kernel_h * g->kernel_w * b->ce;
     int64_t image = -1, have = 0;
@@ -279,7 +312,7 @@ static void run_rows(const graft__block *b, const float *x, float *y, float *scr
             oy1 = OH;
         if (oy1 - oy0 > r1 - r)
             oy1 = oy0 + (r1 - r);
-        const float *img = x + n * H * W * b->cin;
+        const float *img = x + n * b->x_h * b->x_w * b->cin;
         if (n != image)
             image = n, have = 0;
         if (b->has_expand) {
@@ -290,7 +323,7 @@ static void run_rows(const graft__block *b, const float *x, float *y, float *scr
             if (have < lo)
                 have = lo;
             if (have < hi) {
-                expand_rows(b, img, ring, have, hi);
+                expand_rows(b, img, ring, im2col, have, hi);
                 have = hi;
             }
         }
@@ -308,7 +341,7 @@ static void run_rows(const graft__block *b, const float *x, float *y, float *scr
         /* With a residual the block keeps its size: output row oy is input row oy. */
         graft_f32_gemm_fused__packed((oy1 - oy0) * OW, b->cout, b->ce, band, b->ce,
                                      b->project_packed, GRAFT__ACT_LINEAR,
-                                     b->residual ? img + oy0 * W * b->cin : NULL, b->cout,
+                                     b->residual ? img + oy0 * OW * b->cout : NULL, b->cout,
                                      y + (n * OH + oy0) * OW * b->cout, b->cout);
         r += oy1 - oy0;
     }

@@ -120,7 +120,7 @@ void graft__conv_step_run(const graft__conv_step *c, int64_t batch, const float 
     {
         int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
         int64_t p0 = pixels * t / nt, p1 = pixels * (t + 1) / nt;
-        graft_f32_conv2d_fused__packed(&g, p0, p1, x, c->packed, c->act, y,
+        graft_f32_conv2d_fused__packed(&g, p0, p1, x, c->packed, c->act, y + p0 * g.out_c,
                                        scratch + (size_t)t * scratch_stride);
     }
 }

@@ -20,17 +20,20 @@ typedef struct graft__block {
     int input, last;               /* node read; node whose slot gets the output */
     int expand_node, expand_bn_node, dw_node, dw_bn_node, project_node, project_bn_node;
     int has_expand, residual;
-    int64_t in_h, in_w, cin, ce, cout; /* ce: the expanded channels */
+    int64_t x_h, x_w, cin, ce, cout; /* the input's size; ce: the expanded channels */
+    graft_conv_geom expand;        /* batch 1, over the unpadded input (1x1 or any conv) */
     graft_conv_geom dw;            /* batch 1, over the unpadded expanded rows */
     graft__activation expand_act, dw_act;
     float *expand_packed;          /* folded (cin -> ce), packed; NULL without expand */
     float *dw_weights;             /* folded (kh, kw, ce) kernel, then (ce) bias */
     float *project_packed;         /* folded (ce -> cout), packed */
     int64_t band_rows, ring_rows;  /* output rows per band; expanded rows kept */
+    size_t im2col_floats;          /* of thread_floats, the expand's im2col chunk */
     size_t thread_floats;          /* scratch one thread needs */
 } graft__block;
 
-/* Matches a block starting at node start (its expand or depthwise conv): fills
+/* Matches a block starting at node start (its expand conv or the padding before
+ * it, or its depthwise conv or padding when it has no expand stage): fills
  * blk (no weights yet) and the other nodes it swallows (up to 10); 0 if none. */
 int graft__block_find(const graft_model *m, int start, graft__block *blk, int *members,
                       int *n_members);
