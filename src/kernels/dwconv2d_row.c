@@ -117,6 +117,71 @@ tile(const graft_conv_geom *g, const row_set *rs, const float *bias, graft__acti
             graft_vstore(o + p * C + c + v * GRAFT_VL, act_vec(act, acc[p][v]));
 }
 
+/* P interior pixels of a 3-tap row with stride S (dilation 1), by NV vectors
+ * of channels: the (P-1)*S+3 input columns under the P windows are each loaded
+ * once and feed every window they fall in, where the generic tile loads 3P.
+ * Loads per row: 4*2+2 inputs and 3 weights for 12 FMAs at P=4, S=2 (the
+ * generic P=2 tile: 6 and 3 for 6), so the kernel stops waiting on L1. */
+static inline __attribute__((always_inline)) void
+tile3(const graft_conv_geom *g, const row_set *rs, const float *bias, graft__activation act,
+      int64_t ix0, int64_t c, float *o, const int P, const int S, const int NV)
+{
+    const int64_t C = g->in_c;
+    graft_vf acc[4][2];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) {
+        graft_vf b = bias ? graft_vload(bias + c + v * GRAFT_VL) : graft_vsplat(0.0f);
+#pragma GCC unroll 4
+        for (int p = 0; p < P; p++)
+            acc[p][v] = b;
+    }
+    for (int r = 0; r < rs->n; r++) {
+        const float *x = rs->x[r] + ix0 * C + c, *w = rs->w[r] + c;
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) {
+            graft_vf w0 = graft_vload(w + v * GRAFT_VL);
+            graft_vf w1 = graft_vload(w + C + v * GRAFT_VL);
+            graft_vf w2 = graft_vload(w + 2 * C + v * GRAFT_VL);
+#pragma GCC unroll 16
+            for (int j = 0; j < (P - 1) * S + 3; j++) {
+                graft_vf xj = graft_vload(x + j * C + v * GRAFT_VL);
+#pragma GCC unroll 4
+                for (int p = 0; p < P; p++) {
+                    const int t = j - p * S;
+                    if (t == 0)
+                        acc[p][v] += xj * w0;
+                    else if (t == 1)
+                        acc[p][v] += xj * w1;
+                    else if (t == 2)
+                        acc[p][v] += xj * w2;
+                }
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            graft_vstore(o + p * C + c + v * GRAFT_VL, act_vec(act, acc[p][v]));
+}
+
+/* Four interior pixels of a 3-tap row from ox, all channels. */
+static inline __attribute__((always_inline)) void
+pixels3(const graft_conv_geom *g, const row_set *rs, const float *bias, graft__activation act,
+        int64_t ox, float *orow, const int S)
+{
+    const int64_t C = g->in_c, ix0 = ox * S - g->pad_left;
+    float *o = orow + ox * C;
+    int64_t c = 0;
+    for (; c + 2 * GRAFT_VL <= C; c += 2 * GRAFT_VL)
+        tile3(g, rs, bias, act, ix0, c, o, 4, S, 2);
+    for (; c + GRAFT_VL <= C; c += GRAFT_VL)
+        tile3(g, rs, bias, act, ix0, c, o, 4, S, 1);
+    if (c < C)
+        for (int p = 0; p < 4; p++)
+            pixel_scalar(g, rs, bias, act, ox + p, c, o + p * C);
+}
+
 /* P neighbouring pixels from ox, all channels (their taps are the same span). */
 static inline __attribute__((always_inline)) void
 pixels(const graft_conv_geom *g, const row_set *rs, const float *bias, graft__activation act,
@@ -159,6 +224,13 @@ void graft_f32_dwconv2d_row__direct(const graft_conv_geom *g, const float *const
     int64_t ox = 0;
     for (; ox < a; ox++)
         pixels(g, &rs, bias, act, ox, out, 1);
+    if (KW == 3 && g->dilation_w == 1 && (sw == 1 || sw == 2)) {
+        for (; ox + 4 <= b; ox += 4)
+            if (sw == 1)
+                pixels3(g, &rs, bias, act, ox, out, 1);
+            else
+                pixels3(g, &rs, bias, act, ox, out, 2);
+    }
     for (; ox + 2 <= b; ox += 2)
         pixels(g, &rs, bias, act, ox, out, 2);
     for (; ox < g->out_w; ox++)
