@@ -16,6 +16,7 @@
 
 #include "graft.h"
 #include "model/model.h"
+#include "model/train_graph.h"
 #include "tfjs_model_writer.h"
 
 enum { BATCH = 3, SIDE = 96 };
@@ -59,6 +60,49 @@ static void fused_and_plain_plans_agree(void **state)
     free(plain);
     free(conv);
     graft_model_free(m);
+}
+
+/* Training without a feature cache runs the frozen base through the fused
+ * plan up to the cache boundary: its forward (dropout off) matches the plain
+ * plan's, for a boundary after a fused block (block_10) and after pooling. */
+static void train_forward_runs_frozen_base_fused(void **state)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/models/mobilenet_v2", GRAFT_SOURCE_DIR);
+    const char *from[2] = {"global_average_pooling2d", "block_11_expand"};
+    for (int f = 0; f < 2; f++) {
+        graft_model *m = NULL;
+        assert_int_equal(graft_model_load(path, &m), GRAFT_OK);
+        assert_int_equal(graft_model_cut(m, "out_relu"), GRAFT_OK);
+        assert_int_equal(graft_model_set_input_size(m, SIDE, SIDE), GRAFT_OK);
+        assert_int_equal(graft_model_add_classifier(m, 7, 0.5, 1), GRAFT_OK);
+        assert_int_equal(graft_model_unfreeze_from(m, from[f]), GRAFT_OK);
+        graft__train_graph tg;
+        assert_int_equal(graft__train_graph_init(&tg, m, BATCH, 1), GRAFT_OK);
+        assert_int_not_equal(tg.fused_end, m->input_node);
+        int64_t n = (int64_t)BATCH * SIDE * SIDE * 3, out = BATCH * graft_model_output_size(m);
+        float *x = malloc(sizeof(float) * (size_t)n), *plain = malloc(sizeof(float) * (size_t)out);
+        for (int64_t i = 0; i < n; i++)
+            x[i] = cosf((float)i * 0.11f);
+        graft__train_forward(&tg, x, BATCH, 0, 1, 0);
+        const float *trained = graft__train_output(&tg);
+        graft_layer_info info;
+        graft_model_layer_info(m, graft_model_find_layer(m, "Conv1"), &info);
+        float *conv = malloc(sizeof(float) * (size_t)(BATCH * info.shape[0] * info.shape[1] *
+                                                      info.shape[2]));
+        const char *names[1] = {"Conv1"};
+        float *outs[1] = {conv};
+        assert_int_equal(graft_model_forward_layers(m, x, BATCH, 1, names, outs, plain), GRAFT_OK);
+        double max_diff = 0.0;
+        for (int64_t i = 0; i < out; i++)
+            max_diff = fmax(max_diff, fabs(trained[i] - plain[i]));
+        printf("    frozen up to %s: train forward vs plain max|diff| %.3g\n",
+               m->nodes[tg.fused_end].layer->name, max_diff);
+        assert_true(max_diff <= 1e-5);
+        free(x), free(plain), free(conv);
+        graft__train_graph_free(&tg);
+        graft_model_free(m);
+    }
 }
 
 /* ---- inverted-residual blocks on models written here --------------------------- */
@@ -390,6 +434,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(fused_and_plain_plans_agree),
+        cmocka_unit_test(train_forward_runs_frozen_base_fused),
         cmocka_unit_test(block_stride1_same_residual_odd_sizes),
         cmocka_unit_test(block_stride2_one_sided_zero_padding_as_keras),
         cmocka_unit_test(block_stride2_symmetric_zero_padding_odd_input),

@@ -129,6 +129,12 @@ graft_status graft__plan_build(const graft_model *m, graft__plan *plan, int64_t 
 /* As graft__plan_build, with inference fusion. */
 graft_status graft__plan_build_fused(const graft_model *m, graft__plan *plan, int64_t max_batch);
 void graft__plan_free(graft__plan *plan);
+/* Runs the nodes target depends on through plan (built for at least batch) and
+ * copies target's output into dst. The plan must compute target on its own
+ * (not skipped, not inside a fused step); later nodes that would overwrite it
+ * in place do not run. */
+graft_status graft__plan_forward_to(graft_model *m, graft__plan *plan, const float *input,
+                                    int64_t batch, int target, float *dst);
 /* Scratch bytes node i needs at this batch. */
 size_t graft__node_scratch(const graft_model *m, int i, int64_t batch);
 

@@ -451,6 +451,22 @@ static void mark_needed(const graft_model *m, const int *targets, int n, char *n
 }
 
 
+graft_status graft__plan_forward_to(graft_model *m, graft__plan *p, const float *input,
+                                   int64_t batch, int target, float *dst)
+{
+    char *needed = graft__malloc((size_t)m->n_nodes);
+    if (!needed)
+        return graft__fail(GRAFT_E_NOMEM, "out of memory");
+    mark_needed(m, &target, 1, needed);
+    for (int i = 0; i <= target; i++)
+        if (needed[i] && i != m->input_node)
+            run_node(m, p, i, batch, input);
+    memcpy(dst, node_output(m, p, target, input),
+           sizeof(float) * (size_t)(batch * graft__shape_elems(&m->nodes[target].shape)));
+    graft__free(needed);
+    return GRAFT_OK;
+}
+
 graft_status graft_model_forward_layers(graft_model *m, const float *input, int64_t batch,
                                         int n_layers, const char *const *names,
                                         float *const *outputs, float *final_output)

@@ -69,6 +69,30 @@ static graft_status alloc_node_buffers(graft__train_graph *tg)
     return GRAFT_OK;
 }
 
+/* The frozen, deterministic nodes up to the cache boundary compute the same
+ * in training as at inference, so the fused inference plan (folded
+ * BatchNorms, fused blocks) runs them when no feature cache replaces them;
+ * when the boundary is inside a fused step the layer-by-layer path stays. */
+static graft_status plan_frozen_prefix(graft__train_graph *tg)
+{
+    graft_model *m = tg->model;
+    int boundary = graft__cache_boundary(m, tg->bn_inference);
+    tg->fused_end = m->input_node;
+    if (boundary == m->input_node)
+        return GRAFT_OK;
+    graft_status rc = graft__plan_build_fused(m, &tg->fused, tg->max_batch);
+    if (rc)
+        return rc;
+    /* A node the plan skips (computed inside an earlier one, with its epilogue)
+     * or runs inside a fused step has no value of its own there; a later node
+     * overwriting it in place does not matter, as nothing after it runs. */
+    if (tg->fused.skip[boundary] || tg->fused.owner[boundary] < 0)
+        graft__plan_free(&tg->fused);
+    else
+        tg->fused_end = boundary;
+    return GRAFT_OK;
+}
+
 graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model, int64_t max_batch,
                                      int bn_inference)
 {
@@ -77,6 +101,7 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     tg->max_batch = max_batch;
     tg->bn_inference = bn_inference;
     tg->start_node = model->input_node;
+    tg->fused_end = model->input_node;
     size_t n = (size_t)model->n_nodes;
     tg->needs_backward = graft__calloc(n, 1);
     tg->pinned = graft__calloc(n, 1);
@@ -100,6 +125,8 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
         rc = graft__plan_build(model, &tg->plan, max_batch, tg->pinned);
     if (!rc)
         rc = alloc_node_buffers(tg);
+    if (!rc)
+        rc = plan_frozen_prefix(tg);
     /* Backward uses the same scratch as forward; it may need more (Dense keeps
      * dy*f' there), so the plan's scratch is sized by the same scratch_bytes. */
     if (rc)
@@ -122,6 +149,7 @@ void graft__train_graph_free(graft__train_graph *tg)
     graft__free(tg->pinned);
     graft__free_aligned(tg->grads);
     graft__plan_free(&tg->plan);
+    graft__plan_free(&tg->fused);
     memset(tg, 0, sizeof *tg);
 }
 
@@ -169,7 +197,13 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
 {
     graft_model *m = tg->model;
     tg->input = input;
-    for (int i = tg->start_node + 1; i < m->n_nodes; i++) {
+    int first = tg->start_node;
+    if (first == m->input_node && tg->fused_end != m->input_node) {
+        graft__plan_forward_to(m, &tg->fused, input, batch, tg->fused_end,
+                               activation(tg, tg->fused_end, input));
+        first = tg->fused_end;
+    }
+    for (int i = first + 1; i < m->n_nodes; i++) {
         const graft__node *node = &m->nodes[i];
         const float *inputs[64];
         graft__shape in_shapes[64];

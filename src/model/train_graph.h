@@ -20,6 +20,8 @@ typedef struct graft__train_graph {
     int first_backward;    /* lowest node that runs backward (n_nodes when none) */
     const float *input;    /* the batch of the last forward */
     int start_node;        /* forward starts after it, its output being `input` */
+    int fused_end;         /* frozen prefix run by `fused` from the input (input node: none) */
+    graft__plan fused;     /* the inference plan that runs it */
 } graft__train_graph;
 
 /* The latest node whose output a feature cache can hold: every node up to it is
