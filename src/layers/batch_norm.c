@@ -56,9 +56,10 @@ static graft_status batch_norm_infer(graft__layer *layer, int n_inputs, const gr
 static size_t batch_norm_scratch(const graft__layer *layer, int n_inputs, const graft__shape *in,
                                  const graft__shape *out, int64_t batch)
 {
-    /* two float vectors (8-byte aligned end: 2*ch floats) then two double vectors */
+    /* two float vectors (8-byte aligned end: 2*ch floats), two double vectors,
+     * then backward's three float vectors */
     size_t ch = (size_t)in[0].dim[in[0].rank - 1];
-    return 2 * ch * sizeof(float) + 2 * ch * sizeof(double);
+    return 5 * ch * sizeof(float) + 2 * ch * sizeof(double);
 }
 
 /* The four per-channel vectors, absent ones NULL. */
@@ -187,17 +188,28 @@ static void batch_norm_backward(const graft__layer *layer, const graft__backward
                                 : (float)(1.0 / sqrt((double)w.var[j] + c->epsilon));
     }
     const float *x = a->inputs[0], *dy = a->d_output;
-    enum { TILE = 64 };
+    /* Sums per channel tile, so they do not depend on the thread count; float
+     * partial sums over ROWS rows (vectorised), added into doubles between. */
+    enum { TILE = 64, ROWS = 32 };
 #pragma omp parallel for schedule(static)
     for (int64_t c0 = 0; c0 < ch; c0 += TILE) {
         int64_t width = ch - c0 < TILE ? ch - c0 : TILE;
         double s1[TILE] = {0}, s2[TILE] = {0};
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t j = 0; j < width; j++) {
-                int64_t k = r * ch + c0 + j;
-                s1[j] += dy[k];
-                s2[j] += (double)dy[k] * (x[k] - mean[c0 + j]) * inv[c0 + j];
+        for (int64_t r0 = 0; r0 < rows; r0 += ROWS) {
+            float p1[TILE] = {0}, p2[TILE] = {0};
+            int64_t r1 = rows - r0 < ROWS ? rows : r0 + ROWS;
+            for (int64_t r = r0; r < r1; r++) {
+                const float *dyr = dy + r * ch + c0, *xr = x + r * ch + c0;
+                for (int64_t j = 0; j < width; j++) {
+                    p1[j] += dyr[j];
+                    p2[j] += dyr[j] * ((xr[j] - mean[c0 + j]) * inv[c0 + j]);
+                }
             }
+            for (int64_t j = 0; j < width; j++) {
+                s1[j] += p1[j];
+                s2[j] += p2[j];
+            }
+        }
         for (int64_t j = 0; j < width; j++) {
             sum_dy[c0 + j] = s1[j];
             sum_dy_xhat[c0 + j] = s2[j];
@@ -215,18 +227,23 @@ static void batch_norm_backward(const graft__layer *layer, const graft__backward
     float *dx = a->d_inputs[0];
     if (!dx)
         return;
+    /* Per channel: dx += g * (dy - mean_dy - xhat * mean_dy_xhat), the two means
+     * zero without batch statistics; in float per element, so it vectorises. */
+    float *g = (float *)(sum_dy_xhat + ch), *mdy = g + ch, *mdx = mdy + ch;
+    for (int64_t j = 0; j < ch; j++) {
+        g[j] = (w.gamma ? w.gamma[j] : 1.0f) * inv[j];
+        mdy[j] = a->batch_stats ? (float)(sum_dy[j] / (double)rows) : 0.0f;
+        mdx[j] = a->batch_stats ? (float)(sum_dy_xhat[j] / (double)rows) : 0.0f;
+    }
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *dyr = dy + r * ch, *xr = x + r * ch;
+        float *dxr = dx + r * ch;
         for (int64_t j = 0; j < ch; j++) {
-            int64_t k = r * ch + j;
-            float g = (w.gamma ? w.gamma[j] : 1.0f) * inv[j];
-            float d = dy[k];
-            if (a->batch_stats) {
-                float xhat = (x[k] - mean[j]) * inv[j];
-                d -= (float)((sum_dy[j] + xhat * sum_dy_xhat[j]) / (double)rows);
-            }
-            dx[k] += g * d;
+            float xhat = (xr[j] - mean[j]) * inv[j];
+            dxr[j] += g[j] * (dyr[j] - mdy[j] - xhat * mdx[j]);
         }
+    }
 }
 
 const graft__layer_ops graft__batch_norm_layer_ops = {
