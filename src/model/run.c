@@ -371,8 +371,12 @@ graft_status graft_model_prepare(graft_model *m, int64_t max_batch)
 {
     if (!m || max_batch < 1)
         return graft__fail(GRAFT_E_INVALID_ARG, "graft_model_prepare: batch must be >= 1");
-    if (m->plan.max_batch >= max_batch)
+    /* Fused steps keep scratch for the threads there were at planning. */
+    int more_threads = m->plan.block_scratch && graft_threads() > m->plan.block_threads;
+    if (m->plan.max_batch >= max_batch && !more_threads)
         return GRAFT_OK;
+    if (m->plan.max_batch > max_batch)
+        max_batch = m->plan.max_batch;
     graft__plan_free(&m->plan);
     return graft__plan_build_fused(m, &m->plan, max_batch);
 }
@@ -389,19 +393,22 @@ static void run_node(graft_model *m, const graft__plan *p, int i, int64_t batch,
     const graft__node *node = &m->nodes[i];
     if (p->skip && p->skip[i])
         return;
-    /* A fused block's inner nodes have no buffer: it reads only its input. */
+    /* A fused step's inner nodes have no buffer: it reads only its input. It
+     * runs on the threads graft_set_threads allows now, up to the number its
+     * scratch was planned for. */
+    int threads = graft_threads() < p->block_threads ? graft_threads() : p->block_threads;
     if (p->block_at && p->block_at[i] >= 0) {
         const graft__block *b = &p->blocks[p->block_at[i]];
         graft__block_run(b, batch, node_output(m, p, b->input, input),
                          p->slot_data[p->node_slot[i]], p->block_scratch, p->block_stride,
-                         p->block_threads);
+                         threads);
         return;
     }
     if (p->conv_at && p->conv_at[i] >= 0) {
         const graft__conv_step *c = &p->convs[p->conv_at[i]];
         graft__conv_step_run(c, batch, node_output(m, p, c->input, input),
-                             p->slot_data[p->node_slot[i]], p->block_scratch, p->block_stride,
-                             p->block_threads);
+                             p->slot_data[p->node_slot[i]], p->block_scratch,
+                             p->block_stride, threads);
         return;
     }
     const float *inputs[64];
