@@ -199,8 +199,10 @@ static void write_block_model(const char *dir, const block_case *c)
     if (c->expand_pad[0] || c->expand_pad[1] || c->expand_pad[2] || c->expand_pad[3]) {
         json_array_append_new(layers, tmw_layer("ZeroPadding2D", "e_pad",
                                                 json_pack("{s:[[i,i],[i,i]]}", "padding",
-                                                          (int)c->expand_pad[0], (int)c->expand_pad[1],
-                                                          (int)c->expand_pad[2], (int)c->expand_pad[3]),
+                                                          (int)c->expand_pad[0],
+                                                          (int)c->expand_pad[1],
+                                                          (int)c->expand_pad[2],
+                                                          (int)c->expand_pad[3]),
                                                 TMW_INPUTS(x)));
         x = "e_pad";
     }
@@ -292,45 +294,54 @@ static void check_block(const block_case *c)
 
 static void block_stride1_same_residual_odd_sizes(void **state)
 {
-    check_block(&(block_case){9, 11, 5, 30, 5, 3, 1, "same", {0}, 1, "relu6", 2, 0, 0, {0}});
+    check_block(&(block_case){9, 11, 5, 30, 5, 3, 1, "same", {0}, 1, "relu6", 2,
+                              0, 0, {0}});
 }
 
 static void block_stride2_one_sided_zero_padding_as_keras(void **state)
 {
-    check_block(&(block_case){10, 12, 8, 48, 12, 3, 2, "valid", {0, 1, 0, 1}, 0, "relu6", 2, 0, 0, {0}});
+    check_block(&(block_case){10, 12, 8, 48, 12, 3, 2, "valid", {0, 1, 0, 1}, 0, "relu6", 2,
+                              0, 0, {0}});
 }
 
 static void block_stride2_symmetric_zero_padding_odd_input(void **state)
 {
-    check_block(&(block_case){9, 7, 6, 36, 10, 3, 2, "valid", {1, 1, 1, 1}, 0, "relu6", 2, 0, 0, {0}});
+    check_block(&(block_case){9, 7, 6, 36, 10, 3, 2, "valid", {1, 1, 1, 1}, 0, "relu6", 2,
+                              0, 0, {0}});
 }
 
 static void block_stride2_same_padding_without_zero_padding(void **state)
 {
-    check_block(&(block_case){13, 6, 4, 24, 9, 3, 2, "same", {0}, 0, "relu6", 2, 0, 0, {0}});
+    check_block(&(block_case){13, 6, 4, 24, 9, 3, 2, "same", {0}, 0, "relu6", 2,
+                              0, 0, {0}});
 }
 
 static void block_without_expand_stage(void **state)
 {
-    check_block(&(block_case){8, 9, 19, 0, 7, 3, 1, "same", {0}, 0, "relu6", 2, 0, 0, {0}});
+    check_block(&(block_case){8, 9, 19, 0, 7, 3, 1, "same", {0}, 0, "relu6", 2,
+                              0, 0, {0}});
 }
 
 static void block_relu_expand_channels_not_multiple_of_vector(void **state)
 {
-    check_block(&(block_case){7, 10, 9, 17, 9, 3, 1, "same", {0}, 1, "relu", 2, 0, 0, {0}});
+    check_block(&(block_case){7, 10, 9, 17, 9, 3, 1, "same", {0}, 1, "relu", 2,
+                              0, 0, {0}});
 }
 
 static void block_5x5_kernel_zero_padding_and_same(void **state)
 {
-    check_block(&(block_case){11, 9, 6, 30, 6, 5, 1, "same", {1, 2, 2, 1}, 0, "relu6", 2, 0, 0, {0}});
+    check_block(&(block_case){11, 9, 6, 30, 6, 5, 1, "same", {1, 2, 2, 1}, 0, "relu6", 2,
+                              0, 0, {0}});
 }
 
 /* Wide rows: bands of several rows and the ring of expanded rows wrapping
  * around, on three threads whose shares start mid-image. */
 static void block_wide_image_ring_wraps_three_threads(void **state)
 {
-    check_block(&(block_case){21, 40, 8, 24, 8, 3, 1, "same", {0}, 1, "relu6", 3, 0, 0, {0}});
-    check_block(&(block_case){21, 40, 8, 24, 16, 3, 2, "valid", {0, 1, 0, 1}, 0, "relu6", 3, 0, 0, {0}});
+    check_block(&(block_case){21, 40, 8, 24, 8, 3, 1, "same", {0}, 1, "relu6", 3,
+                              0, 0, {0}});
+    check_block(&(block_case){21, 40, 8, 24, 16, 3, 2, "valid", {0, 1, 0, 1}, 0, "relu6", 3,
+                              0, 0, {0}});
 }
 
 /* The expand stage as a padded 3x3 stride-2 convolution (MobileNetV2's stem
@@ -394,7 +405,8 @@ static void check_conv_step(const conv_case *c)
     float *x_in = malloc(sizeof(float) * (size_t)in_n);
     for (int64_t i = 0; i < in_n; i++)
         x_in[i] = uniform(-2.0f, 2.0f);
-    float *fused = malloc(sizeof(float) * (size_t)out_n), *plain = malloc(sizeof(float) * (size_t)out_n);
+    float *fused = malloc(sizeof(float) * (size_t)out_n);
+    float *plain = malloc(sizeof(float) * (size_t)out_n);
     float *raw = malloc(sizeof(float) * (size_t)out_n);
     assert_int_equal(graft_model_forward(m, x_in, batch, fused), GRAFT_OK);
     assert_int_equal(m->plan.n_convs, 1);

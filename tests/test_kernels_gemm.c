@@ -67,7 +67,8 @@ static void gemm_fused_packed_matches_ref_over_shapes(void **state)
             for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++)
                 for (int r = 0; r < 2; r++) {
                     graft__activation act = acts[(im + in + ik + (size_t)r) % 3];
-                    failures += !gemm_case(ms[im], ns[in], ks[ik], (int64_t)(in % 3) * 5, act, r, 0);
+                    failures +=
+                        !gemm_case(ms[im], ns[in], ks[ik], (int64_t)(in % 3) * 5, act, r, 0);
                 }
     assert_int_equal(failures, 0);
 }
@@ -118,7 +119,8 @@ static int conv_case(int64_t n, int64_t h, int64_t w, int64_t c, int64_t co, int
         return 1;
     const int64_t K = k * k * c, pixels = n * g.out_h * g.out_w;
     float *in = rand_buf(n * h * w * c, 2.0f), *kernel = rand_buf(K * co, 3.0f / sqrtf((float)K));
-    float *bias = rand_buf(co, 1.0f), *want = guarded_buf(pixels * co), *got = guarded_buf(pixels * co);
+    float *bias = rand_buf(co, 1.0f), *want = guarded_buf(pixels * co);
+    float *got = guarded_buf(pixels * co);
     float *packed = rand_buf(graft_f32_gemm_packed_floats(K, co), 1.0f);
     float *scratch = rand_buf((int64_t)graft_f32_conv2d_fused_scratch_floats(&g) + 1, 1.0f);
     graft_f32_gemm_pack(K, co, kernel, bias, packed);

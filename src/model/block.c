@@ -168,7 +168,8 @@ static float *fold_packed(const graft_model *m, int conv, int bn, int64_t k, int
     const graft__layer *layer = m->nodes[conv].layer;
     int64_t kernel = graft__shape_elems(&layer->weights[0].shape);
     float *tmp = graft__malloc(sizeof(float) * (size_t)(kernel + 3 * n));
-    float *packed = graft__malloc_aligned(sizeof(float) * (size_t)graft_f32_gemm_packed_floats(k, n));
+    size_t packed_floats = (size_t)graft_f32_gemm_packed_floats(k, n);
+    float *packed = graft__malloc_aligned(sizeof(float) * packed_floats);
     if (!tmp || !packed) {
         graft__free(tmp);
         graft__free_aligned(packed);
@@ -199,7 +200,8 @@ static float *fold_dw(const graft_model *m, int dw, int bn, int64_t c)
 /* Rows per band and of the ring, and the scratch one thread needs. */
 static void size_bands(graft__block *b)
 {
-    b->im2col_floats = b->has_expand ? (graft_f32_conv2d_fused_scratch_floats(&b->expand) + 15) / 16 * 16 : 0;
+    size_t im2col = b->has_expand ? graft_f32_conv2d_fused_scratch_floats(&b->expand) : 0;
+    b->im2col_floats = (im2col + 15) / 16 * 16;
     const graft_conv_geom *g = &b->dw;
     const int64_t span = (g->kernel_h - 1) * g->dilation_h + 1;
     int64_t rows = (BAND_PIXELS + g->out_w - 1) / g->out_w;
@@ -317,7 +319,8 @@ static void run_rows(const graft__block *b, const float *x, float *y, float *scr
             image = n, have = 0;
         if (b->has_expand) {
             int64_t lo = oy0 * g->stride_h - g->pad_top;
-            int64_t hi = (oy1 - 1) * g->stride_h - g->pad_top + (g->kernel_h - 1) * g->dilation_h + 1;
+            int64_t hi = (oy1 - 1) * g->stride_h - g->pad_top +
+                         (g->kernel_h - 1) * g->dilation_h + 1;
             lo = lo < 0 ? 0 : lo;
             hi = hi > H ? H : hi;
             if (have < lo)

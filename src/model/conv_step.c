@@ -48,7 +48,8 @@ int graft__conv_step_find(const graft_model *m, int start, graft__conv_step *c, 
     memset(c, 0, sizeof *c);
     int64_t pad[4] = {0, 0, 0, 0};
     int conv = start, pad_node = -1;
-    if (is_kind(m, start, "ZeroPadding2D") && graft__zero_padding_amounts(m->nodes[start].layer, pad)) {
+    if (is_kind(m, start, "ZeroPadding2D") &&
+        graft__zero_padding_amounts(m->nodes[start].layer, pad)) {
         pad_node = start;
         conv = only_reader(m, start);
     }
