@@ -135,16 +135,19 @@ tile3(const graft_conv_geom *g, const row_set *rs, const float *bias, graft__act
         for (int p = 0; p < P; p++)
             acc[p][v] = b;
     }
+    /* Pointers step by C: offsets j*C would each need a register (C is not
+     * known here), which the compiler spilled to the stack. */
     for (int r = 0; r < rs->n; r++) {
-        const float *x = rs->x[r] + ix0 * C + c, *w = rs->w[r] + c;
 #pragma GCC unroll 2
         for (int v = 0; v < NV; v++) {
-            graft_vf w0 = graft_vload(w + v * GRAFT_VL);
-            graft_vf w1 = graft_vload(w + C + v * GRAFT_VL);
-            graft_vf w2 = graft_vload(w + 2 * C + v * GRAFT_VL);
+            const float *w = rs->w[r] + c + v * GRAFT_VL;
+            const float *x = rs->x[r] + ix0 * C + c + v * GRAFT_VL;
+            graft_vf w0 = graft_vload(w);
+            graft_vf w1 = graft_vload(w + C);
+            graft_vf w2 = graft_vload(w + 2 * C);
 #pragma GCC unroll 16
-            for (int j = 0; j < (P - 1) * S + 3; j++) {
-                graft_vf xj = graft_vload(x + j * C + v * GRAFT_VL);
+            for (int j = 0; j < (P - 1) * S + 3; j++, x += C) {
+                graft_vf xj = graft_vload(x);
 #pragma GCC unroll 4
                 for (int p = 0; p < P; p++) {
                     const int t = j - p * S;
