@@ -259,8 +259,8 @@ typedef struct graft_train_config {
      * current step computes; default 1; 0 = fill synchronously on the calling
      * thread. Costs `prefetch` more batch buffers; results are bit-identical
      * either way. The thread's own OpenMP regions (e.g. graft_dataset_load's
-     * decoding) use one thread unless the dataset's options say otherwise, so
-     * they share the cores with compute instead of oversubscribing them. */
+     * decoding) use graft_threads() threads, as compute does, unless the
+     * dataset's options set its decoding threads. */
     int prefetch;
     /* Batch-level mixing, Beta(alpha, alpha); 0 = off (graft_augment's meaning).
      * The mixed tensor is what the trained layers start from: the input images

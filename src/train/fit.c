@@ -84,12 +84,6 @@ static double now_seconds(void)
 
 enum { GRAFT__MAX_PREFETCH = 64 };
 
-/* The prefetch thread's own OpenMP regions (a dataset's decoding) run on one
- * thread: compute already has a team on every core, and a second team of the
- * same size would double the runnable threads, each barrier then waiting for
- * whichever thread the scheduler parked. A dataset opened with an explicit
- * thread count keeps it. */
-enum { GRAFT__PREFETCH_THREADS = 1 };
 
 static graft_status check_config(const graft_train_config *c)
 {
@@ -513,8 +507,12 @@ static graft_status train_batches(graft__fit *f, const graft_batch_source *train
     const graft_train_config *c = &f->cfg;
     f->epoch_source = train;
     f->epoch_now = epoch;
+    /* The prefetch thread's own OpenMP regions (a dataset's decoding) get as many
+     * threads as compute: on 2 cores a team of 2 beside compute's 2 beat a
+     * single decoding thread (bench_data, prefetch section), the consumer's
+     * waits for a late batch then ending sooner. */
     graft__prefetch_start(&f->prefetch, prepare_batch, f, f->slots, f->n_batches,
-                          GRAFT__PREFETCH_THREADS, f->state.next_batch, f->steps_per_epoch);
+                          graft_threads(), f->state.next_batch, f->steps_per_epoch);
     graft_status rc = GRAFT_OK;
     while (!rc && f->state.next_batch < f->steps_per_epoch) {
         void *slot;
