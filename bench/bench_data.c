@@ -4,11 +4,17 @@
  *  2. throughput of decode + resize + augment + preprocess on 1000 JPEG photos
  *     of 1024x768 (graft_dataset_load, cache off), with the configured threads;
  *  3. phase-1 training (frozen MobileNetV2 at 96x96, new head) from the feature
- *     cache vs recomputing the base every epoch.
+ *     cache vs recomputing the base every epoch;
+ *  4. phase-2-style training (MobileNetV2 at 224x224 fine-tuned from the block
+ *     the recipe picks, BatchNorm frozen, no feature cache) on JPEG photos and on
+ *     Fashion-MNIST's IDX file, images/s with the next batch prefetched by a
+ *     background thread vs filled synchronously (graft_train_config.prefetch).
  * The images are synthetic (smooth gradients plus texture), written to a
  * temporary folder.
  *
- *   build/bench_data [--threads 2] [--models models]
+ *   build/bench_data [--threads 2] [--models models] [--only decode|pipeline|cache|prefetch]
+ *                    [--prefetch-images 96] [--prefetch-reps 3] [--prefetch-size 224]
+ *                    [--prefetch-batch 16] [--prefetch-data jpeg,cached,idx]
  */
 #include <math.h>
 #include <stddef.h>
@@ -192,23 +198,192 @@ static void cache_speedup(const char *models)
     free(ms.y);
 }
 
+/* ---- 4. prefetch ------------------------------------------------------------------ */
+
+typedef struct prefetch_setup {
+    int64_t size, batch, images;
+    int reps;
+    const char *data; /* which of jpeg, cached, idx to run (a list) */
+} prefetch_setup;
+
+typedef struct prefetch_run {
+    double seconds; /* of the epochs after the first */
+} prefetch_run;
+
+static int timed_epochs(const graft_epoch_metrics *e, void *user)
+{
+    if (e->epoch > 1)
+        ((prefetch_run *)user)->seconds += e->seconds;
+    return 0;
+}
+
+/* One phase-2-style run: three epochs, the last two timed (the first warms the
+ * allocator, the plans and, with a RAM budget, the decoded-image cache). */
+static double phase2_images_per_s(const char *models, graft_dataset *ds, const prefetch_setup *p,
+                                  int prefetch)
+{
+    char base[512], at[128];
+    snprintf(base, sizeof base, "%s/mobilenet_v2", models);
+    graft_model *m = NULL;
+    if (graft_model_load(base, &m) || graft_model_cut(m, "out_relu") ||
+        graft_model_add_classifier(m, graft_dataset_class_count(ds), 0.2, 1) ||
+        graft_recipe_default_fine_tune_at(m, at, sizeof at) || graft_model_unfreeze_from(m, at)) {
+        printf("prefetch: %s\n", graft_last_error());
+        graft_model_free(m);
+        return 0.0;
+    }
+    graft_augment aug = {.flip_horizontal = 1, .rotation = 0.05, .zoom = 0.1};
+    graft_batch_source src = graft_dataset_source(ds, &aug);
+    graft_train_config c;
+    graft_train_config_defaults(&c);
+    c.epochs = 3;
+    c.batch_size = p->batch;
+    c.learning_rate = 1e-4;
+    c.bn_inference = 1;
+    c.prefetch = prefetch;
+    prefetch_run run = {0};
+    c.on_epoch = timed_epochs;
+    c.user = &run;
+    graft_status rc = graft_train(m, &src, NULL, &c, NULL);
+    graft_model_free(m);
+    if (rc) {
+        printf("prefetch: %s\n", graft_last_error());
+        return 0.0;
+    }
+    return 2.0 * (double)graft_dataset_count(ds) / run.seconds;
+}
+
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void print_median(const char *label, double *v, int reps, double baseline)
+{
+    qsort(v, (size_t)reps, sizeof(double), compare_doubles);
+    printf("  %-44s %5.2f images/s (min..max %.2f..%.2f)", label, v[reps / 2], v[0],
+           v[reps - 1]);
+    if (baseline > 0)
+        printf(" %+.0f%%", 100.0 * (v[reps / 2] / baseline - 1.0));
+    printf("\n");
+}
+
+/* Median images/s of sync vs prefetch, the runs interleaved so that load from
+ * elsewhere on the machine falls on each alike. `narrow` (may be NULL) is the
+ * same data opened with 1 decoding thread: the prefetch thread then decodes
+ * alone instead of with a team of graft_threads(). */
+static void prefetch_compare(const char *models, const char *what, graft_dataset *ds,
+                             graft_dataset *narrow, const prefetch_setup *p)
+{
+    double sync[16], ahead[16], ahead_narrow[16];
+    int reps = p->reps < 1 ? 1 : p->reps > 16 ? 16 : p->reps;
+    printf("phase-2-style training at %lldx%lld, %s, %lld images, batch %lld, %d threads, "
+           "median of %d:\n", (long long)p->size, (long long)p->size, what,
+           (long long)graft_dataset_count(ds), (long long)p->batch, graft_threads(), reps);
+    for (int r = 0; r < reps; r++) {
+        sync[r] = phase2_images_per_s(models, ds, p, 0);
+        ahead[r] = phase2_images_per_s(models, ds, p, 1);
+        ahead_narrow[r] = narrow ? phase2_images_per_s(models, narrow, p, 1) : 0.0;
+        printf("    run %d: synchronous %.2f, prefetch %.2f", r + 1, sync[r], ahead[r]);
+        if (narrow)
+            printf(", prefetch decoding on 1 thread %.2f", ahead_narrow[r]);
+        printf(" images/s\n");
+        fflush(stdout);
+    }
+    print_median("synchronous (prefetch 0)", sync, reps, 0);
+    double base = sync[reps / 2];
+    print_median("prefetch 1", ahead, reps, base);
+    if (narrow)
+        print_median("prefetch 1, dataset threads = 1", ahead_narrow, reps, base);
+    fflush(stdout);
+}
+
+static void prefetch_speedup(const char *dir, const char *models, const prefetch_setup *p)
+{
+    const int64_t images = p->images;
+    char root[512], cls[600], path[700];
+    snprintf(root, sizeof root, "%s/prefetch", dir);
+    mkdir(root, 0755);
+    for (int c = 0; c < 2; c++) {
+        snprintf(cls, sizeof cls, "%s/class%d", root, c);
+        mkdir(cls, 0755);
+        for (int64_t i = 0; i < images / 2; i++) {
+            snprintf(path, sizeof path, "%s/%03lld.jpg", cls, (long long)i);
+            write_photo(path, 1024, 768, (int)i + 1000 * c);
+        }
+    }
+    graft_dataset_options o;
+    graft_dataset_options_defaults(&o);
+    o.height = o.width = p->size;
+    for (int cached = 0; cached < 2; cached++) {
+        if (!strstr(p->data, cached ? "cached" : "jpeg"))
+            continue;
+        o.cache_bytes = cached ? (size_t)1 << 30 : 0;
+        graft_dataset *ds = NULL, *narrow = NULL;
+        graft_dataset_options narrow_o = o;
+        narrow_o.threads = 1;
+        if (graft_dataset_open(root, &o, &ds) != GRAFT_OK ||
+            (!cached && graft_dataset_open(root, &narrow_o, &narrow) != GRAFT_OK)) {
+            printf("prefetch: %s\n", graft_last_error());
+            graft_dataset_free(ds);
+            return;
+        }
+        prefetch_compare(models, cached ? "JPEG 1024x768, decoded images cached in RAM"
+                                        : "JPEG 1024x768 decoded every epoch", ds, narrow, p);
+        graft_dataset_free(ds);
+        graft_dataset_free(narrow);
+    }
+    graft_dataset *all = NULL, *some = NULL;
+    o.cache_bytes = 0;
+    if (!strstr(p->data, "idx"))
+        return;
+    const char *idx = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
+    if (graft_dataset_open(idx, &o, &all) != GRAFT_OK ||
+        graft_dataset_sample_per_class(all, images / 10, 1, &some) != GRAFT_OK) {
+        printf("prefetch: %s (skipped)\n", graft_last_error());
+    } else {
+        prefetch_compare(models, "Fashion-MNIST IDX 28x28 resized every epoch", some, NULL, p);
+    }
+    graft_dataset_free(some);
+    graft_dataset_free(all);
+}
+
 int main(int argc, char **argv)
 {
     long threads = 2;
-    const char *models = "models";
+    prefetch_setup p = {224, 16, 96, 3, "jpeg,cached,idx"};
+    const char *models = "models", *only = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--threads"))
             threads = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--models"))
             models = argv[i + 1];
+        else if (!strcmp(argv[i], "--only"))
+            only = argv[i + 1];
+        else if (!strcmp(argv[i], "--prefetch-images"))
+            p.images = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--prefetch-reps"))
+            p.reps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--prefetch-size"))
+            p.size = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--prefetch-batch"))
+            p.batch = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--prefetch-data"))
+            p.data = argv[i + 1];
     }
     graft_set_threads((int)threads);
     char dir[] = "/tmp/graft-bench-data-XXXXXX";
     if (!mkdtemp(dir))
         return 1;
-    scaled_decoding(dir);
-    pipeline_throughput(dir);
-    cache_speedup(models);
+    if (!only || !strcmp(only, "decode"))
+        scaled_decoding(dir);
+    if (!only || !strcmp(only, "pipeline"))
+        pipeline_throughput(dir);
+    if (!only || !strcmp(only, "cache"))
+        cache_speedup(models);
+    if (!only || !strcmp(only, "prefetch"))
+        prefetch_speedup(dir, models, &p);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     return system(cmd) == 0 ? 0 : 1;

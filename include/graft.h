@@ -204,9 +204,12 @@ typedef int (*graft_epoch_callback)(const graft_epoch_metrics *metrics, void *us
  * (from 1), the epoch's step count and the batch loss (progress bars). */
 typedef void (*graft_step_callback)(int epoch, int64_t step, int64_t steps, double loss, void *user);
 
-/* Supplies training examples by index; graft shuffles the indices. Called from
- * the training thread; epoch (from 1) lets a source augment differently each
- * epoch; epoch 0 asks for un-augmented examples (validation, single-view caches). */
+/* Supplies training examples by index; graft shuffles the indices. epoch (from 1)
+ * lets a source augment differently each epoch; epoch 0 asks for un-augmented
+ * examples (validation, single-view caches). graft_train never runs two fills at
+ * once, but with prefetch > 0 the training source's fill runs on a background
+ * thread while the calling thread computes (validation and feature-cache fills
+ * stay on the calling thread), so fill must not rely on thread-local state. */
 typedef struct graft_batch_source {
     int64_t count;
     graft_status (*fill)(void *user, const int64_t *indices, int64_t n, int epoch,
@@ -252,6 +255,29 @@ typedef struct graft_train_config {
     int cache_views;
     int cache_float16;          /* store cached features as float16 (half the memory) */
     size_t cache_bytes;         /* RAM budget; beyond it, a memory-mapped temporary file */
+    /* Batches prepared ahead by a background thread (fill, then mixing) while the
+     * current step computes; default 1; 0 = fill synchronously on the calling
+     * thread. Costs `prefetch` more batch buffers; results are bit-identical
+     * either way. The thread's own OpenMP regions (e.g. graft_dataset_load's
+     * decoding) use graft_threads() threads, as compute does, unless the
+     * dataset's options set its decoding threads. */
+    int prefetch;
+    /* Batch-level mixing, Beta(alpha, alpha); 0 = off (graft_augment's meaning).
+     * The mixed tensor is what the trained layers start from: the input images
+     * when nothing below them is cached, else the cached features at the cache
+     * boundary (mixup there is manifold mixup; linear layers such as pooling
+     * commute with it, so mixing pooled features equals mixing the feature maps).
+     * cutmix pastes a box, so with cutmix on the cache holds the last spatial
+     * (H, W, C) tensor below the trained layers (e.g. the cut's 7x7 map rather
+     * than its pooled vector: more memory) and the box is drawn on that grid, its
+     * lambda the exact fraction of cells kept. With both on, each batch uses one
+     * of them with probability 1/2. Each batch's draw depends on (seed, epoch,
+     * batch), not on threads or prefetch. The loss is then lambda CE(a) +
+     * (1 - lambda) CE(b) per example, label smoothing applied to both and each
+     * term weighted by its own label's class weight; train_accuracy counts a hit
+     * when the top class is the label of larger weight (a on a tie). Validation
+     * is never mixed. */
+    double mixup, cutmix;
     const char *checkpoint;     /* written atomically at every epoch end; NULL = none */
     int resume;                 /* continue from checkpoint when it exists */
     volatile const int *stop;   /* when it becomes nonzero: finish the step, checkpoint, stop */
@@ -270,10 +296,10 @@ typedef struct graft_train_result {
 } graft_train_result;
 
 /* Trains the model's trainable layers with softmax cross-entropy (label
- * smoothing and class weights as configured). A final softmax activation is
- * fused into the loss (computed from the logits); a linear final layer is read
- * as logits; other final activations are refused. val may be NULL (no early
- * stopping then). Returns GRAFT_E_INTERRUPTED when *config->stop was raised,
+ * smoothing, class weights, mixup and cutmix as configured). A final softmax
+ * activation is fused into the loss (computed from the logits); a linear final
+ * layer is read as logits; other final activations are refused. val may be NULL
+ * (no early stopping then). Returns GRAFT_E_INTERRUPTED when *config->stop was raised,
  * after finishing the step and writing the checkpoint (when one is configured). */
 graft_status graft_train(graft_model *model, const graft_batch_source *train,
                          const graft_batch_source *val, const graft_train_config *config,
@@ -328,7 +354,10 @@ typedef struct graft_augment {
     double hue;           /* rotate hue by u * 360 degrees, u in [-f, f] */
     double erasing;       /* random erasing (Zhong et al.) with this probability */
     double mixup;         /* batch level: Beta(alpha, alpha) mixing; 0 = off */
-    double cutmix;        /* batch level: Beta(alpha, alpha) box mixing; 0 = off */
+    double cutmix;        /* batch level: Beta(alpha, alpha) box mixing; 0 = off.
+                           * Both act in graft_train (see graft_train_config);
+                           * graft_dataset_load and its source ignore them, and the
+                           * recipe copies them into both phases. */
 } graft_augment;
 
 /* ---- datasets ------------------------------------------------------------------ */

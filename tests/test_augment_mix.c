@@ -281,6 +281,89 @@ static void test_cutmix_lambda_follows_clipping(void **state)
     assert_true(clipped > 500 && sum / 2000 > raw_sum / 2000 + 0.05 && sum / 2000 < 0.9);
 }
 
+/* ---- any channel count, labels out (what training uses) ------------------------- */
+
+/* Feature maps of c channels and vectors (h = w = 1): every value against the
+ * exposed draw, the partners' labels, and lambda. */
+static void test_mix_batch_feature_maps_and_vectors(void **state)
+{
+    (void)state;
+    enum { n = 7 };
+    const int32_t labels[n] = {4, 1, 2, 9, 0, 5, 2};
+    const struct {
+        int64_t h, w, c;
+    } shapes[] = {{6, 5, 11}, {1, 1, 40}, {3, 4, 1}};
+    for (size_t s = 0; s < 3; ++s) {
+        const int64_t h = shapes[s].h, w = shapes[s].w, c = shapes[s].c, image = h * w * c;
+        for (int kind = 0; kind < 2; ++kind) {
+            if (kind == GRAFT__MIX_CUTMIX && h == 1)
+                continue;
+            for (uint64_t seed = 0; seed < 20; ++seed) {
+                float *x = malloc(sizeof(float) * (size_t)(n * image));
+                for (int64_t i = 0; i < n * image; ++i)
+                    x[i] = rnd();
+                float *orig = copy_floats(x, n * image);
+                int64_t partner[n];
+                int32_t partner_labels[n];
+                double lambda = -1, want_lambda;
+                graft__cutmix_box box = {0, 0, w, h, 0};
+                if (kind == GRAFT__MIX_CUTMIX) {
+                    assert_int_equal(graft__cutmix_draw(n, h, w, 1.0, seed, partner, &box),
+                                     GRAFT_OK);
+                    want_lambda = box.lambda;
+                } else {
+                    assert_int_equal(graft__mixup_draw(n, 0.4, seed, partner, &want_lambda),
+                                     GRAFT_OK);
+                }
+                assert_int_equal(graft__mix_batch((graft__mix_kind)kind, x, labels, n, h, w, c,
+                                                  kind ? 1.0 : 0.4, seed, partner_labels,
+                                                  &lambda),
+                                 GRAFT_OK);
+                assert_true(lambda == want_lambda);
+                for (int64_t i = 0; i < n; ++i) {
+                    assert_int_equal(partner_labels[i], labels[partner[i]]);
+                    const float *a = orig + i * image, *b = orig + partner[i] * image;
+                    for (int64_t y = 0; y < h; ++y)
+                        for (int64_t xx = 0; xx < w; ++xx)
+                            for (int64_t ch = 0; ch < c; ++ch) {
+                                const int64_t k = (y * w + xx) * c + ch;
+                                const float got = x[i * image + k];
+                                if (kind == GRAFT__MIX_MIXUP) {
+                                    assert_float_equal(got, lambda * a[k] + (1 - lambda) * b[k],
+                                                       1e-6);
+                                } else {
+                                    const int in_box = xx >= box.x0 && xx < box.x1 &&
+                                                       y >= box.y0 && y < box.y1;
+                                    assert_true(got == (in_box ? b[k] : a[k]));
+                                }
+                            }
+                }
+                free(x);
+                free(orig);
+            }
+        }
+    }
+    /* three channels: the very same pixels as the soft-target functions give */
+    enum { h = 4, w = 6, count = n * h * w * 3 };
+    float *x = random_batch(n, h, w), *y = copy_floats(x, count), t[n * 10];
+    int32_t partner_labels[n];
+    double lambda;
+    assert_int_equal(graft__mix_batch(GRAFT__MIX_CUTMIX, x, labels, n, h, w, 3, 1.0, 9,
+                                      partner_labels, &lambda), GRAFT_OK);
+    assert_int_equal(graft__cutmix_batch(y, labels, n, h, w, 10, 1.0, 9, t), GRAFT_OK);
+    assert_memory_equal(x, y, sizeof(float) * count);
+    free(x);
+    free(y);
+    /* bad arguments */
+    float z[12] = {0};
+    assert_int_equal(graft__mix_batch(GRAFT__MIX_MIXUP, z, labels, 2, 2, 1, 0, 0.4, 1,
+                                      partner_labels, &lambda), GRAFT_E_INVALID_ARG);
+    assert_int_equal(graft__mix_batch(GRAFT__MIX_MIXUP, z, labels, 2, 2, 1, 3, -1.0, 1,
+                                      partner_labels, &lambda), GRAFT_E_INVALID_ARG);
+    assert_int_equal(graft__mix_batch(GRAFT__MIX_MIXUP, z, labels, 2, 2, 1, 3, 0.4, 1, NULL,
+                                      &lambda), GRAFT_E_INVALID_ARG);
+}
+
 /* ---- errors and memory ---------------------------------------------------------- */
 
 static void test_mix_errors(void **state)
@@ -379,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_mixup_pixels_and_targets),
         cmocka_unit_test(test_cutmix_pixels_and_lambda),
         cmocka_unit_test(test_cutmix_lambda_follows_clipping),
+        cmocka_unit_test(test_mix_batch_feature_maps_and_vectors),
         cmocka_unit_test(test_mix_errors),
         cmocka_unit_test(test_out_of_memory_leaves_batch),
         cmocka_unit_test(test_mix_deterministic),

@@ -73,7 +73,7 @@ static const char *train_args(void)
     static char args[1024];
     snprintf(args, sizeof args,
              "train '%s' -o '%s' --size %d --epochs 4 --fine-tune-epochs 2 --batch 8 "
-             "--augment flip --cache-views 2 --seed 3 --threads 2",
+             "--mixup 0.2 --cutmix 0.5 --augment flip --cache-views 2 --seed 3 --threads 2",
              data, out, NET);
     return args;
 }
@@ -104,6 +104,10 @@ static void train_writes_a_consistent_folder_tfjs_reproduces(void **state)
     json_t *val = json_object_get(metrics, "val");
     assert_int_equal(json_array_size(json_object_get(val, "confusion")), CLASSES);
     assert_int_equal(json_integer_value(json_object_get(config, "seed")), 3);
+    /* set before --augment, still there after it */
+    assert_true(json_real_value(json_object_get(config, "mixup")) == 0.2);
+    assert_true(json_real_value(json_object_get(config, "cutmix")) == 0.5);
+    assert_true(json_is_true(json_object_get(json_object_get(config, "augment"), "flip")));
     assert_string_equal(json_string_value(json_object_get(config, "cut")), "out_relu");
 
     /* The model's predictions on every image, through graft and through TF.js. */
@@ -276,6 +280,13 @@ static void bad_usage_gets_message_and_status(void **state)
     snprintf(args, sizeof args, "train '%s' -o '%s/x' --size 64 --cut block_99_nothing", data, root);
     assert_int_equal(run(args, err, sizeof err), 1);
     assert_non_null(strstr(err, "block_99_nothing"));
+    const char *bad_mix[4] = {"--mixup -0.5", "--cutmix abc", "--mixup inf", "--cutmix"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(args, sizeof args, "train '%s' -o '%s/m' %s", data, root, bad_mix[i]);
+        assert_int_equal(run(args, err, sizeof err), 2);
+        assert_non_null(strstr(err, strchr(bad_mix[i], ' ') ? "needs" : "needs a value"));
+        assert_non_null(strstr(err, i % 2 ? "--cutmix" : "--mixup"));
+    }
     snprintf(args, sizeof args, "train '%s/missing' -o '%s/y'", root, root);
     assert_int_equal(run(args, err, sizeof err), 1);
     assert_non_null(strstr(err, "missing"));

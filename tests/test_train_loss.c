@@ -235,6 +235,174 @@ static void top1_counts(void **state)
     assert_int_equal(graft__count_top1(scores, out_of_range, 4, 3), 1);
 }
 
+/* ---- mixed labels (mixup, cutmix) ----------------------------------------- */
+
+/* The documented mixed loss written out naively: log-softmax, the smoothed
+ * one-hot targets of both labels, each term times lambda or 1 - lambda and its
+ * own label's class weight, summed and divided by the batch. */
+static double naive_mixed_loss(const float *x, const int32_t *a, const int32_t *b,
+                               const float *lambda, int64_t batch, int64_t classes, double eps,
+                               const float *weights)
+{
+    double total = 0.0;
+    for (int64_t r = 0; r < batch; r++) {
+        const float *row = x + r * classes;
+        double sum = 0.0;
+        for (int64_t j = 0; j < classes; j++)
+            sum += exp((double)row[j]);
+        const double lse = log(sum);
+        double ce_a = 0.0, ce_b = 0.0;
+        for (int64_t j = 0; j < classes; j++) {
+            const double logp = (double)row[j] - lse;
+            ce_a -= (eps / (double)classes + (j == a[r] ? 1.0 - eps : 0.0)) * logp;
+            ce_b -= (eps / (double)classes + (j == b[r] ? 1.0 - eps : 0.0)) * logp;
+        }
+        const double wa = weights ? weights[a[r]] : 1.0, wb = weights ? weights[b[r]] : 1.0;
+        total += (double)lambda[r] * wa * ce_a + (1.0 - (double)lambda[r]) * wb * ce_b;
+    }
+    return total / (double)batch;
+}
+
+static void mixed_case(uint64_t seed, int64_t batch, int64_t classes, float *x, int32_t *a,
+                       int32_t *b, float *lambda)
+{
+    uint64_t rng = seed;
+    for (int64_t i = 0; i < batch * classes; i++)
+        x[i] = uniform(&rng, -3.0f, 3.0f);
+    for (int64_t i = 0; i < batch; i++) {
+        a[i] = (int32_t)(uniform(&rng, 0.0f, 1.0f) * (float)classes) % (int32_t)classes;
+        b[i] = (int32_t)(uniform(&rng, 0.0f, 1.0f) * (float)classes) % (int32_t)classes;
+        lambda[i] = uniform(&rng, 0.0f, 1.0f);
+    }
+    lambda[0] = 1.0f; /* the ends of the range */
+    if (batch > 1)
+        lambda[1] = 0.0f;
+    if (batch > 2)
+        b[2] = a[2]; /* a sample mixed with its own class */
+}
+
+static void mixed_xent_matches_naive_loss_and_finite_differences(void **state)
+{
+    const float weights[5] = {1.0f, 0.25f, 3.0f, 0.0f, 1.5f};
+    const struct {
+        int64_t batch, classes;
+        float eps;
+        const float *weights;
+    } cases[] = {{1, 3, 0.0f, NULL}, {4, 5, 0.0f, NULL}, {6, 5, 0.1f, NULL},
+                 {8, 5, 0.2f, weights}, {5, 2, 0.0f, NULL}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const int64_t batch = cases[k].batch, classes = cases[k].classes;
+        float x[64], grad[64], probs[64], lambda[8];
+        int32_t a[8], b[8];
+        mixed_case(100 + k, batch, classes, x, a, b, lambda);
+        double loss;
+        assert_int_equal(graft__softmax_xent_mixed(x, a, b, lambda, batch, classes, cases[k].eps,
+                                                   cases[k].weights, &loss, probs, grad),
+                         GRAFT_OK);
+        const double want = naive_mixed_loss(x, a, b, lambda, batch, classes, cases[k].eps,
+                                             cases[k].weights);
+        assert_close(loss, want, 1e-12 * fabs(want) + 1e-12);
+        for (int64_t r = 0; r < batch; r++) {
+            double sum = 0.0;
+            for (int64_t j = 0; j < classes; j++)
+                sum += probs[r * classes + j];
+            assert_close(sum, 1.0, 1e-6);
+        }
+        /* central differences of the naive loss, at the float points actually used */
+        const double h = 1.0 / 1024;
+        for (int64_t i = 0; i < batch * classes; i++) {
+            const float saved = x[i];
+            x[i] = (float)(saved + h);
+            const double xp = x[i], lp = naive_mixed_loss(x, a, b, lambda, batch, classes,
+                                                          cases[k].eps, cases[k].weights);
+            x[i] = (float)(saved - h);
+            const double xm = x[i], lm = naive_mixed_loss(x, a, b, lambda, batch, classes,
+                                                          cases[k].eps, cases[k].weights);
+            x[i] = saved;
+            const double fd = (lp - lm) / (xp - xm);
+            assert_close(grad[i], fd, 1e-3 * fabs(fd) + 1e-6);
+        }
+    }
+}
+
+static void mixed_xent_reduces_to_plain_one_label(void **state)
+{
+    /* lambda 1, or both labels equal: the plain loss and gradient (class weights
+     * and smoothing included) */
+    float x[40], lambda[8], g_mixed[40], g_plain[40];
+    int32_t a[8], b[8];
+    const float weights[5] = {0.5f, 2.0f, 1.0f, 3.0f, 0.25f};
+    mixed_case(7, 8, 5, x, a, b, lambda);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < 8; i++) {
+            if (pass == 0)
+                lambda[i] = 1.0f;
+            else
+                b[i] = a[i];
+        }
+        double mixed, plain;
+        assert_int_equal(graft__softmax_xent_mixed(x, a, b, lambda, 8, 5, 0.1f, weights, &mixed,
+                                                   NULL, g_mixed), GRAFT_OK);
+        assert_int_equal(graft__softmax_xent(x, a, 8, 5, 0.1f, weights, &plain, NULL, g_plain),
+                         GRAFT_OK);
+        assert_close(mixed, plain, 1e-12);
+        for (int i = 0; i < 40; i++)
+            assert_close(g_mixed[i], g_plain[i], 1e-7);
+    }
+    /* lambda 0 is the plain loss of the second label */
+    mixed_case(8, 8, 5, x, a, b, lambda);
+    for (int i = 0; i < 8; i++)
+        lambda[i] = 0.0f;
+    double mixed, plain;
+    assert_int_equal(graft__softmax_xent_mixed(x, a, b, lambda, 8, 5, 0.0f, NULL, &mixed, NULL,
+                                               NULL), GRAFT_OK);
+    assert_int_equal(graft__softmax_xent(x, b, 8, 5, 0.0f, NULL, &plain, NULL, NULL), GRAFT_OK);
+    assert_close(mixed, plain, 1e-12);
+}
+
+static void mixed_xent_hand_value(void **state)
+{
+    /* logits [1, 2, 3], 0.25 of label 0 and 0.75 of label 2:
+     * 0.25 * (lse - 1) + 0.75 * (lse - 3), lse = 3.40760596444438 */
+    const float logits[3] = {1, 2, 3}, lambda[1] = {0.25f};
+    const int32_t a[1] = {0}, b[1] = {2};
+    float grad[3];
+    double loss;
+    assert_int_equal(graft__softmax_xent_mixed(logits, a, b, lambda, 1, 3, 0.0f, NULL, &loss,
+                                               NULL, grad), GRAFT_OK);
+    assert_close(loss, 0.25 * 2.4076059644443806 + 0.75 * 0.4076059644443806, 1e-12);
+    /* p - (0.25 onehot(0) + 0.75 onehot(2)) */
+    assert_close(grad[0], 0.09003057317038043 - 0.25, 1e-7);
+    assert_close(grad[1], 0.24472847105479759, 1e-7);
+    assert_close(grad[2], 0.6652409557748217 - 0.75, 1e-7);
+}
+
+static void mixed_xent_rejects_bad_arguments(void **state)
+{
+    const float logits[3] = {1, 2, 3};
+    float grad[3] = {5, 5, 5};
+    double loss = 42;
+    const int32_t ok[1] = {0}, bad[1] = {3};
+    const float half[1] = {0.5f}, above[1] = {1.5f}, below[1] = {-0.1f}, nan[1] = {NAN};
+    assert_int_equal(graft__softmax_xent_mixed(logits, ok, bad, half, 1, 3, 0.0f, NULL, &loss,
+                                               NULL, grad), GRAFT_E_INVALID_ARG);
+    assert_non_null(strstr(graft_last_error(), "label 3"));
+    assert_int_equal(graft__softmax_xent_mixed(logits, bad, ok, half, 1, 3, 0.0f, NULL, &loss,
+                                               NULL, grad), GRAFT_E_INVALID_ARG);
+    const float *bad_lambdas[3] = {above, below, nan};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(graft__softmax_xent_mixed(logits, ok, ok, bad_lambdas[i], 1, 3, 0.0f,
+                                                   NULL, &loss, NULL, grad),
+                         GRAFT_E_INVALID_ARG);
+        assert_non_null(strstr(graft_last_error(), "lambda"));
+    }
+    const float neg_weights[3] = {1, -1, 1};
+    assert_int_equal(graft__softmax_xent_mixed(logits, ok, ok, half, 1, 3, 0.0f, neg_weights,
+                                               &loss, NULL, grad), GRAFT_E_INVALID_ARG);
+    assert_true(loss == 42.0);
+    assert_true(grad[0] == 5.0f);
+}
+
 /* ---- sigmoid binary cross-entropy ----------------------------------------- */
 
 static void bce_hand_value(void **state)
@@ -361,6 +529,10 @@ int main(void)
         cmocka_unit_test(xent_rows_kernel_sums),
         cmocka_unit_test(xent_rejects_bad_arguments),
         cmocka_unit_test(top1_counts),
+        cmocka_unit_test(mixed_xent_matches_naive_loss_and_finite_differences),
+        cmocka_unit_test(mixed_xent_reduces_to_plain_one_label),
+        cmocka_unit_test(mixed_xent_hand_value),
+        cmocka_unit_test(mixed_xent_rejects_bad_arguments),
         cmocka_unit_test(bce_hand_value),
         cmocka_unit_test(bce_label_smoothing),
         cmocka_unit_test(bce_gradient_matches_finite_differences),

@@ -1,6 +1,7 @@
 #include "cli/options.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,10 @@ const char train_options_help[] =
     "  --augment LIST          e.g. flip,rotation=0.05,zoom=0.1 (default), or none; keys:\n"
     "                          flip, vflip, rotation, zoom, translate, crop, brightness,\n"
     "                          contrast, saturation, hue, erasing\n"
+    "  --mixup ALPHA           mixup with Beta(ALPHA, ALPHA) weights, e.g. 0.2 (default 0 = off)\n"
+    "  --cutmix ALPHA          cutmix with Beta(ALPHA, ALPHA) areas, e.g. 1.0 (default 0 = off);\n"
+    "                          both on: each batch takes one of them. From cached features\n"
+    "                          (a frozen base) they mix the features at the cut\n"
     "  --cache-views K         augmented views cached for frozen layers (default 4)\n"
     "  --cache-float16         keep cached features as float16 (half the memory)\n"
     "phase 1 (frozen base, new head):\n"
@@ -117,10 +122,14 @@ static int set_optimizer(train_options *o, const char *name)
     return 1;
 }
 
-/* "flip,rotation=0.1,zoom=0.2" or "none". */
+/* "flip,rotation=0.1,zoom=0.2" or "none": the per-image augmentations. Mixup
+ * and cutmix have their own options and are kept, whatever the order. */
 static int parse_augment(graft_augment *a, const char *text)
 {
+    const double mixup = a->mixup, cutmix = a->cutmix;
     memset(a, 0, sizeof *a);
+    a->mixup = mixup;
+    a->cutmix = cutmix;
     if (!strcmp(text, "none"))
         return 1;
     char buf[512];
@@ -203,6 +212,16 @@ static int apply(train_options *o, const char *name, const char *value)
                      : !strcmp(name, "--l2-sp")      ? &r->phase2.l2_sp
                                                      : &r->phase2.label_smoothing;
         *f1 = *f2 = d;
+        return 1;
+    }
+    if (!strcmp(name, "--mixup") || !strcmp(name, "--cutmix")) {
+        if (!parse_double(name, value, &d))
+            return -1;
+        if (!(d >= 0.0 && isfinite(d))) {
+            cli_error("%s needs an alpha >= 0, got '%s'", name, value);
+            return -1;
+        }
+        *(!strcmp(name, "--mixup") ? &r->augment.mixup : &r->augment.cutmix) = d;
         return 1;
     }
     if (!strcmp(name, "--optimizer")) return value && set_optimizer(o, value) ? 1 : -1;
@@ -377,6 +396,8 @@ json_t *train_options_to_json(const train_options *o, const graft_recipe_result 
     json_object_set_new(j, "weight_decay", json_real(r->phase1.weight_decay));
     json_object_set_new(j, "l2_sp", json_real(r->phase1.l2_sp));
     json_object_set_new(j, "label_smoothing", json_real(r->phase1.label_smoothing));
+    json_object_set_new(j, "mixup", json_real(r->augment.mixup));
+    json_object_set_new(j, "cutmix", json_real(r->augment.cutmix));
     json_object_set_new(j, "seed", json_integer((json_int_t)r->seed));
     json_object_set_new(j, "cache_float16", json_boolean(r->phase1.cache_float16));
     json_object_set_new(j, "auto", json_boolean(o->auto_recipe));

@@ -608,14 +608,14 @@ typedef struct region {
 } region;
 
 /* dst's region r = keep dst + (1 - keep) src, src read from (src_x0, src_y0) of
- * an image src_w wide. */
-static void blend(float *dst, const float *src, int64_t w, const region *r, int64_t src_w,
-                  int64_t src_x0, int64_t src_y0)
+ * an image src_w wide; c channels per pixel. */
+static void blend(float *dst, const float *src, int64_t w, int64_t c, const region *r,
+                  int64_t src_w, int64_t src_x0, int64_t src_y0)
 {
-    const int64_t row = (r->x1 - r->x0) * 3;
+    const int64_t row = (r->x1 - r->x0) * c;
     for (int64_t y = r->y0; y < r->y1; ++y) {
-        float *d = dst + (y * w + r->x0) * 3;
-        const float *s = src + ((y - r->y0 + src_y0) * src_w + src_x0) * 3;
+        float *d = dst + (y * w + r->x0) * c;
+        const float *s = src + ((y - r->y0 + src_y0) * src_w + src_x0) * c;
         if (r->keep == 0)
             memcpy(d, s, sizeof(float) * (size_t)row);
         else
@@ -628,13 +628,13 @@ static void blend(float *dst, const float *src, int64_t w, const region *r, int6
  * the permutation's cycles so only one region needs saving: along a cycle
  * i -> partner[i] -> ..., each partner is still untouched when read, except the
  * cycle's start, read from the saved copy at the end. */
-static graft_status mix_regions(float *x, int64_t n, int64_t h, int64_t w,
+static graft_status mix_regions(float *x, int64_t n, int64_t h, int64_t w, int64_t c,
                                 const int64_t *partner, const region *r)
 {
-    const int64_t rw = r->x1 - r->x0, rh = r->y1 - r->y0, image = h * w * 3;
+    const int64_t rw = r->x1 - r->x0, rh = r->y1 - r->y0, image = h * w * c;
     if (rw <= 0 || rh <= 0 || r->keep == 1)
         return GRAFT_OK;
-    float *saved = graft__malloc(sizeof(float) * (size_t)(rw * rh * 3));
+    float *saved = graft__malloc(sizeof(float) * (size_t)(rw * rh * c));
     unsigned char *done = graft__calloc((size_t)n, 1);
     if (!saved || !done) {
         graft__free(saved);
@@ -646,16 +646,16 @@ static graft_status mix_regions(float *x, int64_t n, int64_t h, int64_t w,
             continue;
         /* saved = start's region */
         for (int64_t y = 0; y < rh; ++y)
-            memcpy(saved + y * rw * 3, x + start * image + ((r->y0 + y) * w + r->x0) * 3,
-                   sizeof(float) * (size_t)(rw * 3));
+            memcpy(saved + y * rw * c, x + start * image + ((r->y0 + y) * w + r->x0) * c,
+                   sizeof(float) * (size_t)(rw * c));
         int64_t i = start;
         do {
             const int64_t j = partner[i];
             done[i] = 1;
             if (j == start)
-                blend(x + i * image, saved, w, r, rw, 0, 0);
+                blend(x + i * image, saved, w, c, r, rw, 0, 0);
             else
-                blend(x + i * image, x + j * image, w, r, w, r->x0, r->y0);
+                blend(x + i * image, x + j * image, w, c, r, w, r->x0, r->y0);
             i = j;
         } while (i != start);
     }
@@ -664,46 +664,84 @@ static graft_status mix_regions(float *x, int64_t n, int64_t h, int64_t w,
     return GRAFT_OK;
 }
 
-graft_status graft__mixup_batch(float *x, const int32_t *labels, int64_t n, int64_t h, int64_t w,
-                                int64_t classes, double alpha, uint64_t seed,
-                                float *soft_targets)
+/* Draws and mixes x (n, h, w, c) in place; partner and lambda receive the draw
+ * (lambda: the weight each sample keeps of its own label). Arguments checked. */
+static graft_status mix(graft__mix_kind kind, float *x, int64_t n, int64_t h, int64_t w,
+                        int64_t c, double alpha, uint64_t seed, int64_t *partner, double *lambda)
 {
-    graft_status rc = check_batch("mixup", x, labels, n, h, w, classes, soft_targets);
+    region r = {0, 0, w, h, 1};
+    graft_status rc;
+    if (kind == GRAFT__MIX_CUTMIX) {
+        graft__cutmix_box box;
+        rc = graft__cutmix_draw(n, h, w, alpha, seed, partner, &box);
+        r = (region){box.x0, box.y0, box.x1, box.y1, 0};
+        *lambda = box.lambda;
+    } else {
+        rc = graft__mixup_draw(n, alpha, seed, partner, lambda);
+        r.keep = *lambda;
+    }
+    return rc == GRAFT_OK ? mix_regions(x, n, h, w, c, partner, &r) : rc;
+}
+
+static graft_status mix_with_soft_targets(graft__mix_kind kind, float *x, const int32_t *labels,
+                                          int64_t n, int64_t h, int64_t w, int64_t classes,
+                                          double alpha, uint64_t seed, float *soft_targets)
+{
+    const char *what = kind == GRAFT__MIX_CUTMIX ? "cutmix" : "mixup";
+    graft_status rc = check_batch(what, x, labels, n, h, w, classes, soft_targets);
     if (rc != GRAFT_OK || n == 0)
-        return rc == GRAFT_OK ? check_alpha("mixup", alpha) : rc;
+        return rc == GRAFT_OK ? check_alpha(what, alpha) : rc;
     int64_t *partner = graft__malloc(sizeof(int64_t) * (size_t)n);
     if (!partner)
-        return graft__fail(GRAFT_E_NOMEM, "mixup: out of memory");
+        return graft__fail(GRAFT_E_NOMEM, "%s: out of memory", what);
     double lambda;
-    rc = graft__mixup_draw(n, alpha, seed, partner, &lambda);
-    if (rc == GRAFT_OK) {
-        const region r = {0, 0, w, h, lambda};
-        rc = mix_regions(x, n, h, w, partner, &r);
-    }
+    rc = mix(kind, x, n, h, w, 3, alpha, seed, partner, &lambda);
     if (rc == GRAFT_OK)
         soft_targets_fill(labels, partner, n, classes, lambda, soft_targets);
     graft__free(partner);
     return rc;
 }
 
+graft_status graft__mixup_batch(float *x, const int32_t *labels, int64_t n, int64_t h, int64_t w,
+                                int64_t classes, double alpha, uint64_t seed,
+                                float *soft_targets)
+{
+    return mix_with_soft_targets(GRAFT__MIX_MIXUP, x, labels, n, h, w, classes, alpha, seed,
+                                 soft_targets);
+}
+
 graft_status graft__cutmix_batch(float *x, const int32_t *labels, int64_t n, int64_t h,
                                  int64_t w, int64_t classes, double alpha, uint64_t seed,
                                  float *soft_targets)
 {
-    graft_status rc = check_batch("cutmix", x, labels, n, h, w, classes, soft_targets);
-    if (rc != GRAFT_OK || n == 0)
-        return rc == GRAFT_OK ? check_alpha("cutmix", alpha) : rc;
+    return mix_with_soft_targets(GRAFT__MIX_CUTMIX, x, labels, n, h, w, classes, alpha, seed,
+                                 soft_targets);
+}
+
+graft_status graft__mix_batch(graft__mix_kind kind, float *x, const int32_t *labels, int64_t n,
+                              int64_t h, int64_t w, int64_t c, double alpha, uint64_t seed,
+                              int32_t *partner_labels, double *lambda)
+{
+    const char *what = kind == GRAFT__MIX_CUTMIX ? "cutmix" : "mixup";
+    int64_t elems;
+    if (n < 0 || h <= 0 || w <= 0 || c <= 0 || !graft__mul_i64(h, w, &elems) ||
+        !graft__mul_i64(elems, c, &elems) || !graft__mul_i64(elems, n > 0 ? n : 1, &elems) ||
+        (uint64_t)elems > SIZE_MAX / sizeof(float))
+        return graft__fail(GRAFT_E_INVALID_ARG, "%s: bad batch of %lld of %lldx%lldx%lld", what,
+                           (long long)n, (long long)h, (long long)w, (long long)c);
+    if (n > 0 && (!x || !labels || !partner_labels || !lambda))
+        return graft__fail(GRAFT_E_INVALID_ARG, "%s: %s is NULL", what,
+                           !x ? "x" : !labels ? "labels" : !partner_labels ? "partner_labels"
+                                                                            : "lambda");
+    if (n == 0)
+        return check_alpha(what, alpha);
     int64_t *partner = graft__malloc(sizeof(int64_t) * (size_t)n);
     if (!partner)
-        return graft__fail(GRAFT_E_NOMEM, "cutmix: out of memory");
-    graft__cutmix_box box;
-    rc = graft__cutmix_draw(n, h, w, alpha, seed, partner, &box);
-    if (rc == GRAFT_OK) {
-        const region r = {box.x0, box.y0, box.x1, box.y1, 0};
-        rc = mix_regions(x, n, h, w, partner, &r);
-    }
+        return graft__fail(GRAFT_E_NOMEM, "%s: out of memory", what);
+    graft_status rc = mix(kind, x, n, h, w, c, alpha, seed, partner, lambda);
     if (rc == GRAFT_OK)
-        soft_targets_fill(labels, partner, n, classes, box.lambda, soft_targets);
+        for (int64_t i = 0; i < n; ++i)
+            partner_labels[i] = labels[partner[i]];
     graft__free(partner);
     return rc;
 }

@@ -122,7 +122,21 @@ graft_status graft__cutmix_batch(float *x /* (n, h, w, 3) */, const int32_t *lab
                                  int64_t n, int64_t h, int64_t w, int64_t classes, double alpha,
                                  uint64_t seed, float *soft_targets /* (n, classes) */);
 
-/* What the two functions above draw for a seed, exposed for tests. partner has n
+/* The same mixing for training, on any tensor with c channels per pixel (images,
+ * or feature maps at a cut; a feature vector is h = w = 1, c = its length), with
+ * the pairing reported as labels instead of dense targets: partner_labels[i] =
+ * labels[partner[i]] and *lambda is the weight each sample keeps of its own label
+ * (mixup: the Beta draw; cutmix: the exact fraction of pixels kept). Labels are
+ * not range-checked (the loss does that). Same draw as the functions above for
+ * the same seed. */
+typedef enum graft__mix_kind { GRAFT__MIX_MIXUP = 0, GRAFT__MIX_CUTMIX } graft__mix_kind;
+
+graft_status graft__mix_batch(graft__mix_kind kind, float *x /* (n, h, w, c) */,
+                              const int32_t *labels /* (n) */, int64_t n, int64_t h, int64_t w,
+                              int64_t c, double alpha, uint64_t seed,
+                              int32_t *partner_labels /* (n) */, double *lambda);
+
+/* What the mixing functions above draw for a seed, exposed for tests. partner has n
  * entries. The cutmix box is [x0, x1) x [y0, y1), possibly empty. */
 typedef struct graft__cutmix_box {
     int64_t x0, y0, x1, y1;

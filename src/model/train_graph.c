@@ -174,7 +174,7 @@ static int stable_in_training(const graft__layer *layer, int bn_inference)
     return 1;
 }
 
-int graft__cache_boundary(const graft_model *m, int bn_inference)
+int graft__cache_boundary_of_rank(const graft_model *m, int bn_inference, int rank)
 {
     int best = m->input_node;
     for (int i = 0; i < m->n_nodes; i++) {
@@ -186,10 +186,15 @@ int graft__cache_boundary(const graft_model *m, int bn_inference)
         for (int j = i + 1; j < m->n_nodes && !crossed; j++)
             for (int k = 0; k < m->nodes[j].n_inputs; k++)
                 crossed |= m->nodes[j].inputs[k] < i;
-        if (!crossed)
+        if (!crossed && (rank == 0 || node->shape.rank == rank))
             best = i;
     }
     return best;
+}
+
+int graft__cache_boundary(const graft_model *m, int bn_inference)
+{
+    return graft__cache_boundary_of_rank(m, bn_inference, 0);
 }
 
 void graft__train_forward(graft__train_graph *tg, const float *input, int64_t batch, int training,

@@ -28,6 +28,9 @@ typedef struct graft__train_graph {
  * frozen and deterministic in training (no dropout, no batch statistics) and no
  * later node reads anything before it. The input node when there is none. */
 int graft__cache_boundary(const graft_model *model, int bn_inference);
+/* The same, restricted to nodes whose output has the given rank (batch
+ * excluded), e.g. 3 for a spatial (H, W, C) map; the input node when none. */
+int graft__cache_boundary_of_rank(const graft_model *model, int bn_inference, int rank);
 
 /* Makes forward start from node's output (cached features) instead of the input. */
 void graft__train_graph_start_at(graft__train_graph *tg, int node);

@@ -7,6 +7,7 @@
 #include "core/alloc.h"
 #include "core/error.h"
 #include "core/random.h"
+#include "data/augment.h"
 #include "train/loss.h"
 #include "train/optim.h"
 
@@ -32,6 +33,7 @@ void graft_train_config_defaults(graft_train_config *c)
     c->restore_best = 1;
     c->plateau_factor = 0.1;
     c->cache_bytes = (size_t)2 << 30;
+    c->prefetch = 1;
 }
 
 static graft_status cached_fill(void *user, const int64_t *idx, int64_t n, int epoch, float *x,
@@ -49,7 +51,10 @@ static graft_status use_feature_cache(graft__fit *f, const graft_batch_source **
                                       const graft_batch_source **val)
 {
     const graft_train_config *c = &f->cfg;
-    f->boundary = graft__cache_boundary(f->model, c->bn_inference);
+    /* CutMix pastes a box, so it needs a spatial tensor to cache: the last one
+     * below the layers that train (e.g. the cut's feature map, not its pooling). */
+    f->boundary = c->cutmix > 0.0 ? graft__cache_boundary_of_rank(f->model, c->bn_inference, 3)
+                                  : graft__cache_boundary(f->model, c->bn_inference);
     if (f->boundary == f->model->input_node)
         return GRAFT_OK;
     graft_status rc = graft__feature_cache_build(&f->train_cache, f->model, f->boundary, *train,
@@ -77,6 +82,9 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+enum { GRAFT__MAX_PREFETCH = 64 };
+
+
 static graft_status check_config(const graft_train_config *c)
 {
     if (c->epochs < 1 || c->batch_size < 1 || !(c->learning_rate > 0.0))
@@ -87,6 +95,12 @@ static graft_status check_config(const graft_train_config *c)
                            c->label_smoothing);
     if (c->resume && !c->checkpoint)
         return graft__fail(GRAFT_E_INVALID_ARG, "resume needs a checkpoint path");
+    if (!(c->mixup >= 0.0 && isfinite(c->mixup)) || !(c->cutmix >= 0.0 && isfinite(c->cutmix)))
+        return graft__fail(GRAFT_E_INVALID_ARG, "mixup %g and cutmix %g must be finite and >= 0",
+                           c->mixup, c->cutmix);
+    if (c->prefetch < 0 || c->prefetch > GRAFT__MAX_PREFETCH)
+        return graft__fail(GRAFT_E_INVALID_ARG, "prefetch %d is outside 0..%d", c->prefetch,
+                           GRAFT__MAX_PREFETCH);
     return GRAFT_OK;
 }
 
@@ -184,13 +198,52 @@ static float *copy_params(const graft_model *m)
     return p;
 }
 
+/* prefetch + 1 batches: one being trained on while the others are prepared. */
+static graft_status alloc_batches(graft__fit *f)
+{
+    int64_t b = f->cfg.batch_size;
+    f->n_batches = f->cfg.prefetch + 1;
+    f->batches = graft__calloc((size_t)f->n_batches, sizeof *f->batches);
+    f->slots = graft__calloc((size_t)f->n_batches, sizeof *f->slots);
+    if (!f->batches || !f->slots)
+        return graft__fail(GRAFT_E_NOMEM, "out of memory preparing training");
+    int mixing = f->cfg.mixup > 0.0 || f->cfg.cutmix > 0.0;
+    for (int i = 0; i < f->n_batches; i++) {
+        graft__batch *t = &f->batches[i];
+        f->slots[i] = t;
+        t->x = graft__malloc_aligned(sizeof(float) * (size_t)(b * f->sample));
+        t->y = graft__calloc((size_t)b, sizeof(int32_t));
+        if (mixing) {
+            t->y_mix = graft__calloc((size_t)b, sizeof(int32_t));
+            t->lambda = graft__calloc((size_t)b, sizeof(float));
+        }
+        if (!t->x || !t->y || (mixing && (!t->y_mix || !t->lambda)))
+            return graft__fail(GRAFT_E_NOMEM, "out of memory for %d batches of %lld examples",
+                               f->n_batches, (long long)b);
+    }
+    return GRAFT_OK;
+}
+
+static void free_batches(graft__fit *f)
+{
+    for (int i = 0; f->batches && i < f->n_batches; i++) {
+        graft__free_aligned(f->batches[i].x);
+        graft__free(f->batches[i].y);
+        graft__free(f->batches[i].y_mix);
+        graft__free(f->batches[i].lambda);
+    }
+    graft__free(f->batches);
+    graft__free(f->slots);
+}
+
 static graft_status alloc_buffers(graft__fit *f)
 {
     const graft_train_config *c = &f->cfg;
     size_t np = (size_t)(f->model->n_params ? f->model->n_params : 1);
     int64_t b = c->batch_size;
-    f->x = graft__malloc_aligned(sizeof(float) * (size_t)(b * f->sample));
-    f->y = graft__calloc((size_t)b, sizeof(int32_t));
+    graft_status rc = alloc_batches(f);
+    if (rc)
+        return rc;
     f->grad_out = graft__malloc_aligned(sizeof(float) * (size_t)(b * f->classes));
     f->probs = graft__malloc_aligned(sizeof(float) * (size_t)(b * f->classes));
     f->layer_mult = graft__calloc((size_t)f->model->n_layers + 1, sizeof(double));
@@ -199,7 +252,7 @@ static graft_status alloc_buffers(graft__fit *f)
     f->w0 = c->l2_sp > 0.0 ? copy_params(f->model) : NULL;
     f->best = c->restore_best ? copy_params(f->model) : NULL;
     f->history = graft__calloc((size_t)c->epochs, sizeof *f->history);
-    if (!f->x || !f->y || !f->grad_out || !f->probs || !f->layer_mult || !f->m1 || !f->history ||
+    if (!f->grad_out || !f->probs || !f->layer_mult || !f->m1 || !f->history ||
         (c->optimizer != GRAFT_OPTIMIZER_SGD && !f->m2) || (c->l2_sp > 0.0 && !f->w0) ||
         (c->restore_best && !f->best))
         return graft__fail(GRAFT_E_NOMEM, "out of memory preparing training");
@@ -208,9 +261,9 @@ static graft_status alloc_buffers(graft__fit *f)
 
 static void fit_free(graft__fit *f)
 {
+    graft__prefetch_stop(&f->prefetch);
     graft__train_graph_free(&f->tg);
-    graft__free_aligned(f->x);
-    graft__free(f->y);
+    free_batches(f);
     graft__free_aligned(f->grad_out);
     graft__free_aligned(f->probs);
     graft__free(f->layer_mult);
@@ -296,34 +349,93 @@ static void clip_grads(graft__fit *f)
     graft__clip_global_norm(n, arrays, counts, f->cfg.clip_norm, &norm);
 }
 
-/* Forward a filled batch; loss, gradient at the output, correct count. */
-static graft_status batch_loss(graft__fit *f, int64_t n, int training, uint64_t seed, double *loss,
-                               int64_t *correct)
+/* ---- preparing a batch (on the prefetch thread, or inline) ---------------- */
+
+/* The batch's mixing: its own seed from (seed, epoch, batch), so it is the same
+ * whatever the thread, the prefetch depth or an interruption before it. With
+ * both mixup and cutmix on, each batch takes one of them with probability 1/2
+ * (timm's switch_prob default). */
+static graft_status mix_batch(const graft__fit *f, int epoch, int64_t index, graft__batch *b)
 {
-    graft__train_forward(&f->tg, f->x, n, training, seed, f->logits_output);
-    const float *out = graft__train_output(&f->tg);
-    graft_status rc = graft__softmax_xent(out, f->y, n, f->classes, (float)f->cfg.label_smoothing,
-                                          f->cfg.class_weights, loss, f->probs,
-                                          training ? f->grad_out : NULL);
-    *correct = graft__count_top1(out, f->y, n, f->classes);
+    const graft_train_config *c = &f->cfg;
+    uint64_t seed = graft__seed_derive(graft__seed_derive(c->seed ^ 0x3a1c5eedull,
+                                                          (uint64_t)epoch), (uint64_t)index);
+    int cutmix = c->cutmix > 0.0 && (c->mixup <= 0.0 || graft__uniform(seed, 0) < 0.5f);
+    double lambda = 1.0;
+    graft_status rc = graft__mix_batch(cutmix ? GRAFT__MIX_CUTMIX : GRAFT__MIX_MIXUP, b->x, b->y,
+                                       b->n, f->mix_h, f->mix_w, f->mix_c,
+                                       cutmix ? c->cutmix : c->mixup, graft__seed_derive(seed, 1),
+                                       b->y_mix, &lambda);
+    for (int64_t i = 0; i < b->n; i++)
+        b->lambda[i] = (float)lambda;
+    b->mixed = 1;
     return rc;
 }
 
-static graft_status train_step(graft__fit *f, const graft_batch_source *src, const int64_t *idx,
-                               int64_t n, int epoch, double *loss, int64_t *correct)
+/* Batch `index` of the current epoch's order: fill, check the labels, mix. Reads
+ * only what stays fixed while an epoch runs, so it may run on another thread. */
+static graft_status prepare_batch(void *user, int64_t index, void *slot)
 {
-    graft_status rc = src->fill(src->user, idx, n, epoch, f->x, f->y);
+    const graft__fit *f = user;
+    const graft_batch_source *src = f->epoch_source;
+    graft__batch *b = slot;
+    int64_t start = index * f->cfg.batch_size;
+    b->n = src->count - start < f->cfg.batch_size ? src->count - start : f->cfg.batch_size;
+    b->mixed = 0;
+    graft_status rc = src->fill(src->user, f->order + start, b->n, f->epoch_now, b->x, b->y);
     if (rc)
         return rc;
-    for (int64_t i = 0; i < n; i++)
-        if (f->y[i] < 0 || f->y[i] >= f->classes)
+    for (int64_t i = 0; i < b->n; i++)
+        if (b->y[i] < 0 || b->y[i] >= f->classes)
             return graft__fail(GRAFT_E_INVALID_ARG, "label %d is outside the model's %lld classes",
-                               (int)f->y[i], (long long)f->classes);
+                               (int)b->y[i], (long long)f->classes);
+    if (f->cfg.mixup > 0.0 || f->cfg.cutmix > 0.0)
+        return mix_batch(f, f->epoch_now, index, b);
+    return GRAFT_OK;
+}
+
+/* ---- one step --------------------------------------------------------------- */
+
+/* Top-1 hits against the label of larger weight (y on a tie): for a mixed batch
+ * what Keras's categorical_accuracy reports on the mixed targets, up to ties. */
+static int64_t count_correct(const graft__fit *f, const float *out, const graft__batch *b)
+{
+    if (!b->mixed)
+        return graft__count_top1(out, b->y, b->n, f->classes);
+    int64_t correct = 0;
+    for (int64_t i = 0; i < b->n; i++) {
+        int32_t dominant = b->lambda[i] >= 0.5f ? b->y[i] : b->y_mix[i];
+        correct += graft__count_top1(out + i * f->classes, &dominant, 1, f->classes);
+    }
+    return correct;
+}
+
+/* Forward a filled batch; loss, gradient at the output, correct count. */
+static graft_status batch_loss(graft__fit *f, const graft__batch *b, int training, uint64_t seed,
+                               double *loss, int64_t *correct)
+{
+    graft__train_forward(&f->tg, b->x, b->n, training, seed, f->logits_output);
+    const float *out = graft__train_output(&f->tg);
+    float smoothing = (float)f->cfg.label_smoothing;
+    float *grad = training ? f->grad_out : NULL;
+    graft_status rc =
+        b->mixed ? graft__softmax_xent_mixed(out, b->y, b->y_mix, b->lambda, b->n, f->classes,
+                                             smoothing, f->cfg.class_weights, loss, f->probs, grad)
+                 : graft__softmax_xent(out, b->y, b->n, f->classes, smoothing,
+                                       f->cfg.class_weights, loss, f->probs, grad);
+    *correct = count_correct(f, out, b);
+    return rc;
+}
+
+static graft_status train_step(graft__fit *f, const graft__batch *b, double *loss,
+                               int64_t *correct)
+{
     uint64_t seed = graft__seed_derive(f->cfg.seed ^ 0x5eedull, (uint64_t)f->state.step);
-    if ((rc = batch_loss(f, n, 1, seed, loss, correct)))
+    graft_status rc = batch_loss(f, b, 1, seed, loss, correct);
+    if (rc)
         return rc;
     zero_grads(f);
-    graft__train_backward(&f->tg, f->grad_out, n, seed, f->logits_output);
+    graft__train_backward(&f->tg, f->grad_out, b->n, seed, f->logits_output);
     if (f->cfg.clip_norm > 0.0)
         clip_grads(f);
     double lr = graft__lr_at(&f->schedule, f->state.step) * f->state.lr_scale;
@@ -338,15 +450,18 @@ static graft_status evaluate(graft__fit *f, const graft_batch_source *val, doubl
     int64_t b = f->cfg.batch_size, total_correct = 0;
     double total_loss = 0.0;
     int64_t idx[4096];
+    graft__batch *batch = &f->batches[0];
     for (int64_t start = 0; start < val->count; start += b) {
         int64_t n = val->count - start < b ? val->count - start : b;
         for (int64_t i = 0; i < n; i++)
             idx[i] = start + i;
-        graft_status rc = val->fill(val->user, idx, n, 0, f->x, f->y);
+        batch->n = n;
+        batch->mixed = 0;
+        graft_status rc = val->fill(val->user, idx, n, 0, batch->x, batch->y);
         double l = 0.0;
         int64_t correct = 0;
         if (!rc)
-            rc = batch_loss(f, n, 0, 0, &l, &correct);
+            rc = batch_loss(f, batch, 0, 0, &l, &correct);
         if (rc)
             return rc;
         total_loss += l * (double)n;
@@ -385,6 +500,43 @@ static int after_validation(graft__fit *f, graft_epoch_metrics *e)
     return c->patience > 0 && f->state.wait >= c->patience;
 }
 
+/* The epoch's remaining batches, each prepared by the prefetcher (ahead, on its
+ * thread, when cfg.prefetch > 0) and trained on here. */
+static graft_status train_batches(graft__fit *f, const graft_batch_source *train, int epoch)
+{
+    const graft_train_config *c = &f->cfg;
+    f->epoch_source = train;
+    f->epoch_now = epoch;
+    /* The prefetch thread's own OpenMP regions (a dataset's decoding) get as many
+     * threads as compute: on 2 cores a team of 2 beside compute's 2 beat a
+     * single decoding thread (bench_data, prefetch section), the consumer's
+     * waits for a late batch then ending sooner. */
+    graft__prefetch_start(&f->prefetch, prepare_batch, f, f->slots, f->n_batches,
+                          graft_threads(), f->state.next_batch, f->steps_per_epoch);
+    graft_status rc = GRAFT_OK;
+    while (!rc && f->state.next_batch < f->steps_per_epoch) {
+        void *slot;
+        double loss = 0.0;
+        int64_t correct = 0;
+        rc = graft__prefetch_get(&f->prefetch, &slot);
+        if (!rc)
+            rc = train_step(f, slot, &loss, &correct);
+        if (rc)
+            break;
+        f->state.loss_sum += loss * (double)((const graft__batch *)slot)->n;
+        f->state.correct_sum += correct;
+        f->state.next_batch++;
+        if (c->on_step)
+            c->on_step(epoch, f->state.next_batch, f->steps_per_epoch, loss, c->user);
+        if (c->stop && *c->stop && f->state.next_batch < f->steps_per_epoch)
+            rc = GRAFT_E_INTERRUPTED; /* nothing more is prepared than already is */
+        else
+            graft__prefetch_release(&f->prefetch);
+    }
+    graft__prefetch_stop(&f->prefetch);
+    return rc;
+}
+
 static graft_status run_epoch(graft__fit *f, const graft_batch_source *train,
                               const graft_batch_source *val, graft_epoch_metrics *e, int *stop)
 {
@@ -392,21 +544,9 @@ static graft_status run_epoch(graft__fit *f, const graft_batch_source *train,
     int epoch = f->state.epoch + 1;
     double start = now_seconds();
     shuffle(f->order, train->count, c->seed, epoch);
-    for (int64_t b = f->state.next_batch * c->batch_size; b < train->count; b += c->batch_size) {
-        int64_t n = train->count - b < c->batch_size ? train->count - b : c->batch_size;
-        double loss = 0.0;
-        int64_t correct = 0;
-        graft_status rc = train_step(f, train, f->order + b, n, epoch, &loss, &correct);
-        if (rc)
-            return rc;
-        f->state.loss_sum += loss * (double)n;
-        f->state.correct_sum += correct;
-        f->state.next_batch++;
-        if (c->on_step)
-            c->on_step(epoch, f->state.next_batch, f->steps_per_epoch, loss, c->user);
-        if (c->stop && *c->stop && b + n < train->count)
-            return GRAFT_E_INTERRUPTED;
-    }
+    graft_status rc = train_batches(f, train, epoch);
+    if (rc)
+        return rc;
     double loss_sum = f->state.loss_sum;
     int64_t correct_sum = f->state.correct_sum;
     f->state.next_batch = 0;
@@ -419,7 +559,7 @@ static graft_status run_epoch(graft__fit *f, const graft_batch_source *train,
     e->learning_rate = graft__lr_at(&f->schedule, f->state.step - 1) * f->state.lr_scale;
     e->val_loss = e->val_accuracy = NAN;
     if (val && val->count > 0) {
-        graft_status rc = evaluate(f, val, &e->val_loss, &e->val_accuracy);
+        rc = evaluate(f, val, &e->val_loss, &e->val_accuracy);
         if (rc)
             return rc;
         *stop = after_validation(f, e);
@@ -428,6 +568,25 @@ static graft_status run_epoch(graft__fit *f, const graft_batch_source *train,
     e->images_per_second = (double)train->count / e->seconds;
     f->state.epoch = epoch;
     f->history[f->n_history++] = *e;
+    return GRAFT_OK;
+}
+
+/* Mixing acts on what the trained layers start from: the input, or the cached
+ * features at the boundary (a vector counts as one pixel of many channels). */
+static graft_status mix_shape(graft__fit *f)
+{
+    const graft__shape *s = &f->model->nodes[f->boundary].shape;
+    if (s->rank == 3) {
+        f->mix_h = s->dim[0];
+        f->mix_w = s->dim[1];
+        f->mix_c = s->dim[2];
+    } else {
+        f->mix_h = f->mix_w = 1;
+        f->mix_c = f->sample;
+    }
+    if (f->cfg.cutmix > 0.0 && s->rank != 3)
+        return graft__fail(GRAFT_E_UNSUPPORTED, "cutmix needs an (H, W, C) input; layer '%s' "
+                           "gives rank %d", f->model->nodes[f->boundary].layer->name, s->rank);
     return GRAFT_OK;
 }
 
@@ -452,6 +611,8 @@ static graft_status fit_init(graft__fit *f, graft_model *model, const graft_batc
     if ((rc = output_kind(f)))
         return rc;
     if (config->cache_views > 0 && (rc = use_feature_cache(f, train, val)))
+        return rc;
+    if ((rc = mix_shape(f)))
         return rc;
     f->steps_per_epoch = ((*train)->count + config->batch_size - 1) / config->batch_size;
     f->order = graft__calloc((size_t)(*train)->count, sizeof(int64_t));

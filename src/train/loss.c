@@ -10,6 +10,42 @@
  * below it, and a serial sum keeps the reported loss independent of the thread
  * count without any chunking machinery. */
 
+/* A row's log-sum-exp pieces, shifted by the row maximum m: every exponent is
+ * <= 0, so the sum lies in [1, classes] and its log neither overflows nor loses
+ * the large logit. */
+typedef struct row_stats {
+    float m;
+    double log_s, sum_z, inv_s;
+} row_stats;
+
+static row_stats row_stats_of(const float *x, int64_t classes)
+{
+    row_stats s;
+    s.m = x[0];
+    for (int64_t j = 1; j < classes; j++)
+        if (x[j] > s.m)
+            s.m = x[j];
+    double sum_exp = 0.0;
+    s.sum_z = 0.0;
+    for (int64_t j = 0; j < classes; j++) {
+        double z = (double)x[j] - (double)s.m;
+        sum_exp += exp(z);
+        s.sum_z += z;
+    }
+    s.log_s = log(sum_exp);
+    s.inv_s = 1.0 / sum_exp;
+    return s;
+}
+
+/* Smoothed cross-entropy of one row against `label`: loss = -sum_j t_j log p_j =
+ * log_s - sum_j t_j z_j, as the targets sum to 1; with smoothing
+ * sum_j t_j z_j = (1 - eps) z_label + (eps / classes) sum_j z_j. */
+static double row_xent(const float *x, const row_stats *s, int32_t label, double eps, double off)
+{
+    const double z_label = (double)x[label] - (double)s->m;
+    return s->log_s - ((1.0 - eps) * z_label + off * s->sum_z);
+}
+
 double graft__softmax_xent_rows(const float *logits, const int32_t *labels, int64_t classes,
                                 float smoothing, const float *class_weights, double grad_scale,
                                 float *probs, float *grad, int64_t row_start, int64_t row_end)
@@ -21,37 +57,57 @@ double graft__softmax_xent_rows(const float *logits, const int32_t *labels, int6
     for (int64_t r = row_start; r < row_end; r++) {
         const float *x = logits + r * classes;
         const int32_t label = labels[r];
-        /* Shifting by the row maximum makes every exponent <= 0, so the sum lies
-         * in [1, classes] and its log neither overflows nor loses the large logit. */
-        float m = x[0];
-        for (int64_t j = 1; j < classes; j++)
-            if (x[j] > m)
-                m = x[j];
-        double sum_exp = 0.0, sum_z = 0.0;
-        for (int64_t j = 0; j < classes; j++) {
-            double z = (double)x[j] - (double)m;
-            sum_exp += exp(z);
-            sum_z += z;
-        }
-        const double log_s = log(sum_exp);
-        const double z_label = (double)x[label] - (double)m;
-        /* loss = -sum_j t_j log p_j = log_s - sum_j t_j z_j, as the targets sum to 1;
-         * with smoothing sum_j t_j z_j = (1 - eps) z_label + (eps / classes) sum_j z_j. */
-        const double row_loss = log_s - ((1.0 - eps) * z_label + off * sum_z);
+        const row_stats s = row_stats_of(x, classes);
         const double w = class_weights ? (double)class_weights[label] : 1.0;
-        total += w * row_loss;
+        total += w * row_xent(x, &s, label, eps, off);
         if (!probs && !grad)
             continue;
-        const double inv_s = 1.0 / sum_exp;
         const double g_scale = grad_scale * w;
         float *p_row = probs ? probs + r * classes : NULL;
         float *g_row = grad ? grad + r * classes : NULL;
         for (int64_t j = 0; j < classes; j++) {
-            double p = exp((double)x[j] - (double)m) * inv_s;
+            double p = exp((double)x[j] - (double)s.m) * s.inv_s;
             if (p_row)
                 p_row[j] = (float)p;
             if (g_row)
                 g_row[j] = (float)(g_scale * (p - (j == label ? on : off)));
+        }
+    }
+    return total;
+}
+
+double graft__softmax_xent_mixed_rows(const float *logits, const int32_t *labels_a,
+                                      const int32_t *labels_b, const float *lambda,
+                                      int64_t classes, float smoothing,
+                                      const float *class_weights, double grad_scale, float *probs,
+                                      float *grad, int64_t row_start, int64_t row_end)
+{
+    const double eps = smoothing;
+    const double off = eps / (double)classes;
+    double total = 0.0;
+    for (int64_t r = row_start; r < row_end; r++) {
+        const float *x = logits + r * classes;
+        const int32_t a = labels_a[r], b = labels_b[r];
+        const row_stats s = row_stats_of(x, classes);
+        /* Each term carries its own label's class weight. */
+        const double wa = (double)lambda[r] * (class_weights ? (double)class_weights[a] : 1.0);
+        const double wb = (1.0 - (double)lambda[r]) *
+                          (class_weights ? (double)class_weights[b] : 1.0);
+        total += wa * row_xent(x, &s, a, eps, off) + wb * row_xent(x, &s, b, eps, off);
+        if (!probs && !grad)
+            continue;
+        /* d/dz_j of wa CE(a) + wb CE(b) = (wa + wb) p_j - wa t^a_j - wb t^b_j, with
+         * t^l_j = off + (1 - eps) [j == l]. */
+        float *p_row = probs ? probs + r * classes : NULL;
+        float *g_row = grad ? grad + r * classes : NULL;
+        for (int64_t j = 0; j < classes; j++) {
+            double p = exp((double)x[j] - (double)s.m) * s.inv_s;
+            if (p_row)
+                p_row[j] = (float)p;
+            if (g_row) {
+                double hard = (j == a ? wa : 0.0) + (j == b ? wb : 0.0);
+                g_row[j] = (float)(grad_scale * ((wa + wb) * (p - off) - (1.0 - eps) * hard));
+            }
         }
     }
     return total;
@@ -73,27 +129,71 @@ static graft_status check_sizes(const char *what, int64_t batch, int64_t classes
     return GRAFT_OK;
 }
 
-graft_status graft__softmax_xent(const float *logits, const int32_t *labels, int64_t batch,
-                                 int64_t classes, float smoothing, const float *class_weights,
-                                 double *loss, float *probs, float *grad)
+static graft_status check_labels(const char *what, const int32_t *labels, int64_t batch,
+                                 int64_t classes)
 {
-    static const char what[] = "softmax cross-entropy";
-    graft_status rc = check_sizes(what, batch, classes, smoothing);
-    if (rc != GRAFT_OK)
-        return rc;
     for (int64_t i = 0; i < batch; i++)
         if (labels[i] < 0 || labels[i] >= classes)
             return graft__fail(GRAFT_E_INVALID_ARG, "%s: label %" PRId32 " of sample %" PRId64
                                " is outside [0, %" PRId64 ")", what, labels[i], i, classes);
+    return GRAFT_OK;
+}
+
+static graft_status check_class_weights(const char *what, const float *class_weights,
+                                        int64_t classes)
+{
     if (class_weights)
         for (int64_t j = 0; j < classes; j++)
             if (!(class_weights[j] >= 0.0f && isfinite(class_weights[j])))
                 return graft__fail(GRAFT_E_INVALID_ARG, "%s: class weight %" PRId64 " is %g; "
                                    "weights must be finite and >= 0", what, j,
                                    (double)class_weights[j]);
+    return GRAFT_OK;
+}
+
+graft_status graft__softmax_xent(const float *logits, const int32_t *labels, int64_t batch,
+                                 int64_t classes, float smoothing, const float *class_weights,
+                                 double *loss, float *probs, float *grad)
+{
+    static const char what[] = "softmax cross-entropy";
+    graft_status rc = check_sizes(what, batch, classes, smoothing);
+    if (!rc)
+        rc = check_labels(what, labels, batch, classes);
+    if (!rc)
+        rc = check_class_weights(what, class_weights, classes);
+    if (rc != GRAFT_OK)
+        return rc;
     const double inv_batch = 1.0 / (double)batch;
     double sum = graft__softmax_xent_rows(logits, labels, classes, smoothing, class_weights,
                                           inv_batch, probs, grad, 0, batch);
+    *loss = sum * inv_batch;
+    return GRAFT_OK;
+}
+
+graft_status graft__softmax_xent_mixed(const float *logits, const int32_t *labels_a,
+                                       const int32_t *labels_b, const float *lambda,
+                                       int64_t batch, int64_t classes, float smoothing,
+                                       const float *class_weights, double *loss, float *probs,
+                                       float *grad)
+{
+    static const char what[] = "mixed softmax cross-entropy";
+    graft_status rc = check_sizes(what, batch, classes, smoothing);
+    if (!rc)
+        rc = check_labels(what, labels_a, batch, classes);
+    if (!rc)
+        rc = check_labels(what, labels_b, batch, classes);
+    if (!rc)
+        rc = check_class_weights(what, class_weights, classes);
+    if (rc != GRAFT_OK)
+        return rc;
+    for (int64_t i = 0; i < batch; i++)
+        if (!(lambda[i] >= 0.0f && lambda[i] <= 1.0f))
+            return graft__fail(GRAFT_E_INVALID_ARG, "%s: lambda %g of sample %" PRId64
+                               " is outside [0, 1]", what, (double)lambda[i], i);
+    const double inv_batch = 1.0 / (double)batch;
+    double sum = graft__softmax_xent_mixed_rows(logits, labels_a, labels_b, lambda, classes,
+                                                smoothing, class_weights, inv_batch, probs, grad,
+                                                0, batch);
     *loss = sum * inv_batch;
     return GRAFT_OK;
 }

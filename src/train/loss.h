@@ -50,6 +50,37 @@ double graft__softmax_xent_rows(const float *logits,        /* (batch, classes) 
                                 float *grad,                /* (batch, classes) or NULL */
                                 int64_t row_start, int64_t row_end);
 
+/* ---- softmax cross-entropy against two mixed labels (mixup, cutmix) -------- */
+
+/* Mean over the batch of lambda_i CE(a_i) + (1 - lambda_i) CE(b_i), where CE is
+ * graft__softmax_xent's per-sample loss with the same label smoothing, so the
+ * target is the lambda-mix of the two smoothed one-hot targets.
+ *   class_weights: each term carries its own label's weight,
+ *     lambda_i w[a_i] CE(a_i) + (1 - lambda_i) w[b_i] CE(b_i), divided by the batch
+ *     as graft__softmax_xent does. The mixed loss is then the lambda-weighted
+ *     average of the two unmixed weighted losses (what mixing the loss instead of
+ *     the targets gives, as the mixup and CutMix reference code do), and a_i == b_i
+ *     or lambda_i == 1 gives graft__softmax_xent's number.
+ * Fails (GRAFT_E_INVALID_ARG) as graft__softmax_xent does, and on a lambda outside
+ * [0, 1] (NaN included); nothing is written then. */
+graft_status graft__softmax_xent_mixed(const float *logits,        /* (batch, classes) */
+                                       const int32_t *labels_a,    /* (batch) */
+                                       const int32_t *labels_b,    /* (batch) */
+                                       const float *lambda,        /* (batch): weight of a */
+                                       int64_t batch, int64_t classes, float smoothing,
+                                       const float *class_weights, /* (classes) or NULL */
+                                       double *loss,
+                                       float *probs,               /* (batch, classes) or NULL */
+                                       float *grad);               /* (batch, classes) or NULL */
+
+/* The unchecked kernel behind graft__softmax_xent_mixed, as
+ * graft__softmax_xent_rows is behind graft__softmax_xent. */
+double graft__softmax_xent_mixed_rows(const float *logits, const int32_t *labels_a,
+                                      const int32_t *labels_b, const float *lambda,
+                                      int64_t classes, float smoothing,
+                                      const float *class_weights, double grad_scale, float *probs,
+                                      float *grad, int64_t row_start, int64_t row_end);
+
 /* Number of samples whose largest score sits at their label (ties go to the
  * lowest index, as argmax does). Works on logits or probabilities alike, since
  * softmax keeps the order. Out-of-range labels never count as correct. */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "data/augment.h"
 #include "data/dataset.h"
 #include "model/model.h"
 
@@ -118,13 +119,6 @@ static graft_status prepare_model(graft_model *m, graft_dataset *train, const gr
     return rc;
 }
 
-static int augmenting(const graft_augment *a)
-{
-    graft_augment none;
-    memset(&none, 0, sizeof none);
-    return memcmp(a, &none, sizeof none) != 0;
-}
-
 graft_status graft_recipe_run(graft_model *m, graft_dataset *train, graft_dataset *val,
                               const graft_recipe *r, graft_recipe_result *res)
 {
@@ -133,13 +127,17 @@ graft_status graft_recipe_run(graft_model *m, graft_dataset *train, graft_datase
     graft_status rc = prepare_model(m, train, r, res, &n_base_layers);
     if (rc)
         return rc;
-    int aug = augmenting(&r->augment);
+    /* Mixup and cutmix act in graft_train, on the batch; they need no augmented
+     * views of the frozen features. */
+    int aug = !graft__augment_is_identity(&r->augment);
     graft_batch_source train_src = graft_dataset_source(train, aug ? &r->augment : NULL);
     graft_batch_source val_src = val ? graft_dataset_source(val, NULL) : train_src;
 
     graft_train_config p1 = r->phase1;
     p1.seed = r->seed;
     p1.cache_views = aug ? (r->cache_views > 0 ? r->cache_views : 1) : 1;
+    p1.mixup = r->augment.mixup;
+    p1.cutmix = r->augment.cutmix;
     freeze_base(m, n_base_layers);
     rc = graft_train(m, &train_src, val ? &val_src : NULL, &p1, &res->phase1);
     if (rc || (r->on_phase_end && r->on_phase_end(1, m, r->user)) || !r->fine_tune)
@@ -156,6 +154,8 @@ graft_status graft_recipe_run(graft_model *m, graft_dataset *train, graft_datase
     graft_train_config p2 = r->phase2;
     p2.seed = r->seed + 1;
     p2.cache_views = aug ? (r->cache_views > 0 ? r->cache_views : 1) : 1;
+    p2.mixup = r->augment.mixup;
+    p2.cutmix = r->augment.cutmix;
     rc = graft_train(m, &train_src, val ? &val_src : NULL, &p2, &res->phase2);
     res->phase2_run = rc == GRAFT_OK;
     if (!rc && r->on_phase_end)
