@@ -322,6 +322,7 @@ static int probe_base(const probe_options *o, const char *base, json_t *rows, ca
                 json_object_set_new(row, "linear_accuracy", json_real(c[i].accuracy));
                 json_object_set_new(row, "l2", json_real(c[i].l2));
                 if (!best->layer || c[i].accuracy > best->accuracy) {
+                    free((char *)best->layer);
                     *best = c[i];
                     best->features = NULL;
                     best->layer = strdup(c[i].layer);
