@@ -251,6 +251,28 @@ static void probe_scores_named_layers(void **state)
     assert_non_null(strstr(err, "no_such_layer"));
 }
 
+/* --val-split leaves out what graft train would hold out: round(0.2 * 10) = 2 images
+ * of each class, so 24 of the 30 are probed; a fraction outside [0, 1) is bad usage. */
+static void probe_val_split_scores_the_training_part(void **state)
+{
+    char err[4096], args[1024], path[256], text[4096];
+    snprintf(args, sizeof args, "probe '%s' --size %d --val-split 0.2 --seed 5 --layers "
+             "block_3_project_BN", data, NET);
+    int status = run(args, err, sizeof err);
+    if (status != 0)
+        fail_msg("graft probe --val-split exited %d: %s", status, err);
+    snprintf(path, sizeof path, "%s/stdout.txt", root);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    assert_non_null(strstr(text, ": 24 images, 1 candidate layers"));
+    snprintf(args, sizeof args, "probe '%s' --val-split 1", data);
+    assert_int_equal(run(args, err, sizeof err), 2);
+    assert_non_null(strstr(err, "--val-split"));
+}
+
 static void existing_out_needs_force_and_is_replaced_whole(void **state)
 {
     char err[4096];
@@ -336,6 +358,7 @@ int main(void)
         cmocka_unit_test(auto_on_a_tiny_set_skips_fine_tuning_and_says_why),
         cmocka_unit_test(config_json_repeats_the_run_exactly),
         cmocka_unit_test(probe_scores_named_layers),
+        cmocka_unit_test(probe_val_split_scores_the_training_part),
         cmocka_unit_test(existing_out_needs_force_and_is_replaced_whole),
         cmocka_unit_test(bad_usage_gets_message_and_status),
     };

@@ -1,7 +1,9 @@
 /* Transferability math (train/probe.h): LogME against a brute-force maximisation of
  * the evidence computed directly as log N(y | 0, beta^-1 I + alpha^-1 F F^T) by a
- * Cholesky written here; the linear probe against a gradient and a gradient-descent
- * run written here; cross-validation's choice and determinism.
+ * Cholesky written here; its invariances (global scale, rotation, row order) that follow
+ * from the model's algebra, the scale one checked on that direct evidence too; the linear
+ * probe against a gradient and a gradient-descent run written here; cross-validation's
+ * choice and determinism.
  *
  * Set GRAFT_PROBE_BENCH=1 to also time LogME and the probe on n=1000, d=576, 10 classes. */
 #include <setjmp.h>
@@ -258,6 +260,156 @@ static void logme_ranks_good_over_bad_scale_free(void **state)
     /* The maximised evidence is exactly scale-invariant (alpha absorbs the scale). */
     assert_close(sg10, sg, 1e-7);
     assert_close(sb10, sb, 1e-7);
+}
+
+/* ---- LogME's invariances -----------------------------------------------------
+ * The evidence is a density of y alone: N(y | 0, beta^-1 I + alpha^-1 F F^T). F -> c F
+ * is undone by alpha -> c^2 alpha, and F -> F Q (Q orthogonal) leaves F F^T as it
+ * is, so the maximum over (alpha, beta) cannot change; reordering rows with their
+ * labels permutes y and F F^T together. Per-column scaling is NOT an invariance
+ * (the prior on w is isotropic): bench/probe_invariance measures that on real cuts. */
+
+/* The math first, on the direct evidence written here: L_cF(c^2 alpha, beta) = L_F(alpha, beta). */
+static void direct_evidence_absorbs_global_scale(void **state)
+{
+    enum { N = 25, D = 6, C = 2 };
+    float x[N * D], xs[N * D];
+    int32_t lab[N];
+    double y[N];
+    make_data(x, lab, N, D, C, 1.0, 71);
+    for (int i = 0; i < N; i++)
+        y[i] = lab[i] == 1;
+    const double scales[] = {8.0, 1.0 / 16.0};
+    for (int s = 0; s < 2; s++) {
+        const double c = scales[s];
+        for (int i = 0; i < N * D; i++)
+            xs[i] = (float)(x[i] * c); /* powers of two: exact in float */
+        direct plain, scaled;
+        direct_init(&plain, x, N, D, y);
+        direct_init(&scaled, xs, N, D, y);
+        const double la[3] = {-3.0, 0.0, 2.5}, lb[3] = {1.0, -2.0, 0.5};
+        for (int q = 0; q < 3; q++) {
+            const double want = direct_evidence(&plain, la[q], lb[q]);
+            const double got = direct_evidence(&scaled, la[q] + 2.0 * log(c), lb[q]);
+            assert_close(got, want, 1e-10 * fabs(want));
+        }
+        direct_free(&plain);
+        direct_free(&scaled);
+    }
+}
+
+static double logme_of(const float *x, const int32_t *lab, int64_t n, int64_t d, int64_t classes)
+{
+    double s = 0;
+    assert_int_equal(graft__logme(x, lab, n, d, classes, &s), GRAFT_OK);
+    return s;
+}
+
+/* Both spectrum paths (n > d, and n < d where y is fitted exactly and beta -> inf), scales
+ * over 12 decades. Powers of two are exact in float and leave only double rounding (seen:
+ * 2e-15; bound 1e-12); other factors round every feature by up to 6e-8 relative, which
+ * moved the score by up to 3e-9 (bound 1e-7). */
+static void check_global_scale(int64_t n, int64_t d, int64_t classes, uint64_t seed)
+{
+    float *x = malloc((size_t)(n * d) * sizeof(float));
+    float *xs = malloc((size_t)(n * d) * sizeof(float));
+    int32_t *lab = malloc((size_t)n * sizeof(int32_t));
+    make_data(x, lab, n, d, classes, 0.7, seed);
+    const double base = logme_of(x, lab, n, d, classes);
+    const double scales[] = {0x1p-20, 0x1p-3, 0x1p10, 0x1p20, 1e-6, 0.37, 3.0, 1e6};
+    for (int s = 0; s < 8; s++) {
+        for (int64_t i = 0; i < n * d; i++)
+            xs[i] = (float)(x[i] * scales[s]);
+        const double got = logme_of(xs, lab, n, d, classes);
+        const int exact = frexp(scales[s], &(int){0}) == 0.5;
+        printf("logme n=%lld d=%lld x%g: %.12f vs %.12f (change %.2g)\n", (long long)n,
+               (long long)d, scales[s], got, base, got - base);
+        assert_close(got, base, exact ? 1e-12 : 1e-7);
+    }
+    free(x);
+    free(xs);
+    free(lab);
+}
+
+static void logme_invariant_to_global_scale(void **state)
+{
+    check_global_scale(120, 10, 4, 72); /* F^T F path */
+    check_global_scale(20, 40, 3, 73);  /* F F^T path, exact fit */
+}
+
+/* Feature sets of rising class signal keep their LogME order under one common scale. */
+static void logme_ranking_survives_common_scale(void **state)
+{
+    enum { N = 150, D = 12, C = 3, SETS = 4 };
+    static float x[SETS][N * D], xs[N * D];
+    int32_t lab[N];
+    const double signal[SETS] = {0.0, 0.3, 0.6, 1.2};
+    double raw[SETS], scaled[SETS];
+    for (int k = 0; k < SETS; k++) {
+        make_data(x[k], lab, N, D, C, signal[k], 80 + (uint64_t)k);
+        raw[k] = logme_of(x[k], lab, N, D, C);
+    }
+    for (int k = 1; k < SETS; k++)
+        assert_true(raw[k] > raw[k - 1]);
+    const double scales[] = {1e-4, 0.05, 7.0, 1e4};
+    for (int s = 0; s < 4; s++) {
+        for (int k = 0; k < SETS; k++) {
+            for (int i = 0; i < N * D; i++)
+                xs[i] = (float)(x[k][i] * scales[s]);
+            scaled[k] = logme_of(xs, lab, N, D, C);
+        }
+        for (int k = 1; k < SETS; k++)
+            assert_true(scaled[k] > scaled[k - 1]);
+    }
+}
+
+/* F -> F Q with a random orthogonal Q (Gram-Schmidt of a Gaussian matrix, written here),
+ * and the rows shuffled with their labels. F Q is rounded to float: the score moved by
+ * 2e-9 (bound 1e-7). */
+static void logme_invariant_to_rotation_and_row_order(void **state)
+{
+    enum { N = 80, D = 9, C = 3 };
+    float x[N * D], xr[N * D];
+    int32_t lab[N], lab_r[N];
+    double q[D * D];
+    make_data(x, lab, N, D, C, 0.8, 91);
+    uint64_t rng = 92;
+    for (int i = 0; i < D * D; i++)
+        q[i] = gaussian(&rng);
+    for (int j = 0; j < D; j++) { /* columns of q orthonormal (modified Gram-Schmidt) */
+        for (int k = 0; k < j; k++) {
+            double dot = 0;
+            for (int i = 0; i < D; i++)
+                dot += q[i * D + j] * q[i * D + k];
+            for (int i = 0; i < D; i++)
+                q[i * D + j] -= dot * q[i * D + k];
+        }
+        double norm = 0;
+        for (int i = 0; i < D; i++)
+            norm += q[i * D + j] * q[i * D + j];
+        for (int i = 0; i < D; i++)
+            q[i * D + j] /= sqrt(norm);
+    }
+    int perm[N];
+    for (int i = 0; i < N; i++)
+        perm[i] = i;
+    for (int i = N - 1; i > 0; i--) { /* Fisher-Yates */
+        int j = (int)(uniform(&rng) * (i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (int i = 0; i < N; i++) {
+        lab_r[i] = lab[perm[i]];
+        for (int j = 0; j < D; j++) {
+            double s = 0;
+            for (int k = 0; k < D; k++)
+                s += (double)x[perm[i] * D + k] * q[k * D + j];
+            xr[i * D + j] = (float)s;
+        }
+    }
+    const double base = logme_of(x, lab, N, D, C), got = logme_of(xr, lab_r, N, D, C);
+    printf("logme rotated and shuffled: %.12f vs %.12f (change %.2g)\n", got, base, got - base);
+    assert_close(got, base, 1e-7);
 }
 
 static void logme_bad_arguments(void **state)
@@ -558,6 +710,10 @@ int main(void)
         cmocka_unit_test(logme_evidence_matches_direct),
         cmocka_unit_test(logme_maximises_evidence),
         cmocka_unit_test(logme_ranks_good_over_bad_scale_free),
+        cmocka_unit_test(direct_evidence_absorbs_global_scale),
+        cmocka_unit_test(logme_invariant_to_global_scale),
+        cmocka_unit_test(logme_ranking_survives_common_scale),
+        cmocka_unit_test(logme_invariant_to_rotation_and_row_order),
         cmocka_unit_test(logme_bad_arguments),
         cmocka_unit_test(probe_stationary_on_raw_features),
         cmocka_unit_test(probe_matches_gradient_descent),

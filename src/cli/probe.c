@@ -35,6 +35,8 @@ static const char help[] =
     "  --size S                image size (default: the base's input size)\n"
     "  --shots K               probe on K images per class drawn by --seed (default: all)\n"
     "  --seed N                (default 0)\n"
+    "  --val-split F           probe only what graft train keeps for training after holding\n"
+    "                          out F for validation with the same seed (default 0: all)\n"
     "  --preprocess MODE       (default mobilenet)\n"
     "  --threads N             (default: all cores)\n"
     "  --json                  one JSON object instead of the table\n";
@@ -189,6 +191,7 @@ typedef struct probe_options {
     const char *data, *bases[MAX_BASES], *layers;
     int n_bases, json;
     long size, shots, seed, threads;
+    double val_split;
     graft_preprocess preprocess;
 } probe_options;
 
@@ -209,6 +212,13 @@ static int parse(int argc, char **argv, probe_options *o)
         } else if (!strcmp(a, "--preprocess") && v) {
             if (graft_preprocess_parse(argv[++i], &o->preprocess) != GRAFT_OK) {
                 cli_error("--preprocess: %s", graft_last_error());
+                return CLI_BAD_USAGE;
+            }
+        } else if (!strcmp(a, "--val-split") && v) {
+            char *end = NULL;
+            o->val_split = strtod(argv[++i], &end);
+            if (*end || !(o->val_split >= 0.0 && o->val_split < 1.0)) {
+                cli_error("--val-split needs a fraction in [0, 1), got '%s'", argv[i]);
                 return CLI_BAD_USAGE;
             }
         } else if (!strcmp(a, "--size") || !strcmp(a, "--shots") || !strcmp(a, "--seed") ||
@@ -234,6 +244,8 @@ static int parse(int argc, char **argv, probe_options *o)
     return CLI_OK;
 }
 
+/* The images graft train would train on: --shots sampled as the demo samples
+ * them, less the --val-split it would hold out (same seed, same split). */
 static graft_status open_data(const probe_options *o, int64_t side, graft_dataset **all,
                               graft_dataset **used)
 {
@@ -241,11 +253,19 @@ static graft_status open_data(const probe_options *o, int64_t side, graft_datase
     graft_dataset_options_defaults(&opts);
     opts.height = opts.width = side;
     opts.preprocess = o->preprocess;
+    graft_dataset *sampled = NULL, *held_out = NULL;
     graft_status rc = graft_dataset_open(o->data, &opts, all);
     if (!rc && o->shots > 0)
-        rc = graft_dataset_sample_per_class(*all, o->shots, (uint64_t)o->seed, used);
+        rc = graft_dataset_sample_per_class(*all, o->shots, (uint64_t)o->seed, &sampled);
     else if (!rc)
-        *used = *all;
+        sampled = *all;
+    if (!rc && o->val_split > 0)
+        rc = graft_dataset_split(sampled, o->val_split, (uint64_t)o->seed, used, &held_out);
+    else if (!rc)
+        *used = sampled;
+    graft_dataset_free(held_out);
+    if (sampled != *all && sampled != *used)
+        graft_dataset_free(sampled);
     return rc;
 }
 
@@ -302,6 +322,7 @@ static int probe_base(const probe_options *o, const char *base, json_t *rows, ca
                 json_object_set_new(row, "linear_accuracy", json_real(c[i].accuracy));
                 json_object_set_new(row, "l2", json_real(c[i].l2));
                 if (!best->layer || c[i].accuracy > best->accuracy) {
+                    free((char *)best->layer);
                     *best = c[i];
                     best->features = NULL;
                     best->layer = strdup(c[i].layer);

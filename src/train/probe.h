@@ -17,8 +17,11 @@
  *
  * For each class c, y = the one-hot column c (n values in {0, 1}) and the model is
  * Bayesian linear regression y = F w + e, w ~ N(0, alpha^-1 I_d), e ~ N(0, beta^-1 I_n)
- * on the RAW features (no centring or scaling: the maximised evidence is invariant
- * to a global scale of F anyway). Its log evidence
+ * on the RAW features (no centring or scaling). The maximised evidence is exactly
+ * invariant to a global scale of F (alpha absorbs it), to F -> F Q for orthogonal Q
+ * and to the order of the rows, but not to per-column scaling or centring: the prior
+ * on w is isotropic (bench/probe_invariance measures what that does to the ranking
+ * of cut layers). Its log evidence
  *
  *   L(alpha, beta) = log N(y | 0, beta^-1 I_n + alpha^-1 F F^T)
  *
