@@ -4,6 +4,10 @@
  * other work, one thread's CPU time is the steadier measure of a change.
  *
  *   build/bench_forward [--model models/mobilenet_v2] [--batch 32] [--threads 2] [--rounds 7]
+ *   build/bench_forward --serve [--per-round 2] [--model ...] [--batch ...] [--threads ...]
+ *
+ * --serve is bench/compare's worker mode (bench/serve.h): each "round" on stdin
+ * runs --per-round forward passes and prints their times.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,13 +16,9 @@
 #include <time.h>
 
 #include "graft.h"
+#include "serve.h"
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double now_seconds(void) { return serve_now(); }
 
 static double cpu_seconds(void)
 {
@@ -49,11 +49,38 @@ static void cpu_name(char *buf, size_t size)
         fclose(f);
 }
 
+static void serve_rounds(graft_model *model, const float *input, long batch, float *output,
+                         long per_round)
+{
+    double *times = malloc(sizeof(double) * (size_t)per_round);
+    char extra[64];
+    snprintf(extra, sizeof extra, "\"threads\":%d", graft_threads());
+    serve_ready(extra);
+    while (serve_next_round()) {
+        for (long r = 0; r < per_round; r++) {
+            double s = now_seconds();
+            graft_model_forward(model, input, batch, output);
+            times[r] = now_seconds() - s;
+        }
+        serve_report(times, per_round);
+    }
+    free(times);
+}
+
 int main(int argc, char **argv)
 {
     const char *model_path = "models/mobilenet_v2";
-    long batch = 32, threads = 2, rounds = 7;
-    for (int i = 1; i + 1 < argc; i += 2) {
+    long batch = 32, threads = 2, rounds = 7, per_round = 2;
+    int serve = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--serve")) {
+            serve = 1;
+            continue;
+        }
+        if (i + 1 == argc) {
+            fprintf(stderr, "bench_forward: '%s' needs a value\n", argv[i]);
+            return 2;
+        }
         if (!strcmp(argv[i], "--model"))
             model_path = argv[i + 1];
         else if (!strcmp(argv[i], "--batch"))
@@ -62,9 +89,16 @@ int main(int argc, char **argv)
             threads = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--rounds"))
             rounds = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--per-round"))
+            per_round = atol(argv[i + 1]);
+        else {
+            fprintf(stderr, "bench_forward: unknown option '%s'\n", argv[i]);
+            return 2;
+        }
+        i++;
     }
-    if (batch < 1 || rounds < 1 || rounds > 1000) {
-        fprintf(stderr, "bench_forward: bad --batch or --rounds\n");
+    if (batch < 1 || rounds < 1 || rounds > 1000 || per_round < 1 || per_round > 1000) {
+        fprintf(stderr, "bench_forward: bad --batch, --rounds or --per-round\n");
         return 2;
     }
     graft_set_threads((int)threads);
@@ -84,6 +118,13 @@ int main(int argc, char **argv)
         input[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
     graft_model_prepare(model, batch);
     graft_model_forward(model, input, batch, output); /* warm-up */
+    if (serve) {
+        serve_rounds(model, input, batch, output, per_round);
+        free(input);
+        free(output);
+        graft_model_free(model);
+        return 0;
+    }
     double *times = malloc(sizeof(double) * 2 * (size_t)rounds), *cpu_times = times + rounds;
     for (long r = 0; r < rounds; r++) {
         double s = now_seconds(), cs = cpu_seconds();
