@@ -470,6 +470,11 @@ typedef struct graft_recipe {
     graft_augment augment;       /* default flip_horizontal, rotation 0.05, zoom 0.1 */
     int cache_views;             /* augmented views cached for frozen layers; default 4
                                   * (1 when augmentation is off) */
+    int linear_probe;            /* default 0. 1: phase 1 fits the head's Dense layer by
+                                  * L-BFGS on the pooled features of the un-augmented
+                                  * training images (L2 chosen by k-fold cross-validation
+                                  * of the held-out cross-entropy) instead of phase1's
+                                  * SGD epochs */
     graft_train_config phase1;   /* default: Adam 1e-3, up to 100 epochs, patience 10 on val
                                   * loss, label smoothing 0.1 */
     int fine_tune;               /* default 1 */
@@ -490,6 +495,7 @@ typedef struct graft_recipe_result {
     char cut[128], fine_tune_at[128]; /* what the recipe used ("" when no phase 2) */
     graft_train_result phase1, phase2;
     int phase2_run;
+    double head_l2;                   /* the L2 the linear probe chose (0 without it) */
 } graft_recipe_result;
 
 /* Runs the recipe on `model` (modified in place: cut, head added, trained). The

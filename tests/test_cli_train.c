@@ -149,32 +149,76 @@ static void train_writes_a_consistent_folder_tfjs_reproduces(void **state)
     graft_model_free(m);
 }
 
-/* --auto on a tiny set: the cut comes from LogME, fine-tuning is skipped, and
- * both choices are printed with their reasons and kept in config.json. */
+static void read_stdout(char *text, size_t size)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/stdout.txt", root);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(text, 1, size - 1, f);
+    text[n] = '\0';
+    fclose(f);
+}
+
+/* One of --auto's choices in config.json: its value's JSON type and a reason. */
+static json_t *auto_choice(json_t *config, const char *key)
+{
+    json_t *choice = json_object_get(json_object_get(config, "auto_choices"), key);
+    if (!choice)
+        fail_msg("config.json has no auto_choices.%s", key);
+    const char *reason = json_string_value(json_object_get(choice, "reason"));
+    assert_non_null(reason);
+    assert_true(strlen(reason) > 20);
+    return json_object_get(choice, "value");
+}
+
+/* --auto on a tiny set: nothing is held out, the cut comes from LogME, the head is
+ * the linear probe, fine-tuning is skipped; every choice is printed with its
+ * reason and kept in config.json. With a holdout asked for, the set is too small
+ * to fine-tune. */
 static void auto_on_a_tiny_set_skips_fine_tuning_and_says_why(void **state)
 {
-    char err[4096], args[1024], path[256], auto_out[200];
+    char err[4096], args[1024], auto_out[200], text[16384];
     snprintf(auto_out, sizeof auto_out, "%s/auto", root);
-    snprintf(args, sizeof args, "train '%s' -o '%s' --size %d --epochs 3 --auto --cache-views 1",
-             data, auto_out, NET);
+    snprintf(args, sizeof args, "train '%s' -o '%s' --size %d --auto", data, auto_out, NET);
     int status = run(args, err, sizeof err);
     if (status != 0)
         fail_msg("graft train --auto exited %d: %s", status, err);
-    snprintf(path, sizeof path, "%s/stdout.txt", root);
-    FILE *f = fopen(path, "r");
-    char text[16384];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    text[n] = '\0';
-    fclose(f);
+    read_stdout(text, sizeof text);
+    assert_non_null(strstr(text, "auto: no validation split: with 10 images per class"));
     assert_non_null(strstr(text, "auto: cut at "));
     assert_non_null(strstr(text, "best LogME"));
-    assert_non_null(strstr(text, "auto: no fine-tuning: 8 images per class is too few"));
+    assert_non_null(strstr(text, "auto: phase 1 fits the head by L-BFGS"));
+    assert_non_null(strstr(text, "auto: no fine-tuning: no validation images"));
+    assert_non_null(strstr(text, "phase 1 linear probe (L-BFGS)"));
     json_t *config = load_json(auto_out, "config.json"), *metrics = load_json(auto_out, "metrics.json");
     assert_true(json_is_false(json_object_get(config, "fine_tune")));
     assert_true(json_is_true(json_object_get(config, "auto")));
+    assert_true(json_is_true(json_object_get(config, "linear_probe")));
+    assert_true(json_real_value(json_object_get(config, "linear_probe_l2")) > 0);
+    assert_true(json_real_value(json_object_get(config, "val_split")) == 0.0);
+    assert_true(json_real_value(auto_choice(config, "val_split")) == 0.0);
+    assert_string_equal(json_string_value(auto_choice(config, "cut")),
+                        json_string_value(json_object_get(config, "cut")));
+    assert_true(json_is_true(auto_choice(config, "linear_probe")));
+    assert_true(json_is_false(auto_choice(config, "fine_tune")));
     assert_int_equal(json_integer_value(json_object_get(metrics, "phase2_first_epoch")), -1);
+    assert_int_equal(json_array_size(json_object_get(metrics, "history")), 1);
     json_decref(config);
     json_decref(metrics);
+
+    snprintf(args, sizeof args, "train '%s' -o '%s' --size %d --auto --val-split 0.2 --force", data,
+             auto_out, NET);
+    status = run(args, err, sizeof err);
+    if (status != 0)
+        fail_msg("graft train --auto --val-split 0.2 exited %d: %s", status, err);
+    read_stdout(text, sizeof text);
+    assert_null(strstr(text, "auto: no validation split"));
+    assert_non_null(strstr(text, "auto: no fine-tuning: 8 images per class (median) is too few"));
+    config = load_json(auto_out, "config.json");
+    assert_true(json_real_value(json_object_get(config, "val_split")) == 0.2);
+    assert_true(json_is_false(auto_choice(config, "fine_tune")));
+    json_decref(config);
 }
 
 /* predict reads graft's own folder: labels by name, CSV with a header. */

@@ -1,7 +1,17 @@
-/* --auto: the recipe chosen from the data. The cut is the candidate layer with
- * the best LogME on the training images; fine-tuning starts at the beginning of
- * the cut's block, and is skipped for very small sets (BiT-HyperRule style),
- * where it did not help in our measurements. */
+/* --auto: the recipe chosen from the data, every choice printed with its reason
+ * and kept for config.json.
+ *  - Sets under 200 images per class hold nothing out (auto_plan_split): on the
+ *    Fashion-MNIST demo the linear probe on all 100 images per class reached 80.8%
+ *    test accuracy, the probe on 80 plus fine-tuning stopped on the other 20 80.5%
+ *    (and 67.1% vs 59.0% at 10 per class). The head's L2 is cross-validated instead.
+ *  - The cut is the candidate layer with the best LogME on the training images.
+ *  - Phase 1 is the linear-probe fast path (LP-FT, Kumar et al. 2022: the head at
+ *    its optimum before any base weight moves).
+ *  - Phase 2 fine-tunes from the start of the block below the cut's (two blocks)
+ *    at 3e-4 with early stopping, only when there are validation images to stop it
+ *    (a fixed schedule lowered the probe's accuracy: 80.8 -> 77.8% at 100 per class,
+ *    67.1 -> 62.5% at 10) and at least 20 images per class (BiT-HyperRule style). */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +24,23 @@
 #include "data/dataset.h"
 #include "train/probe.h"
 
-enum { SMALL_PER_CLASS = 20 };
+enum { SMALL_PER_CLASS = 20, HOLDOUT_PER_CLASS = 200 };
+static const double AUTO_FINE_TUNE_LR = 3e-4;
+
+/* Prints "auto: <reason>" and records {"value": value, "reason": reason} under key. */
+static void choose(train_options *o, const char *key, json_t *value, const char *fmt, ...)
+{
+    char reason[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    if (!o->quiet && !o->json)
+        printf("auto: %s\n", reason);
+    if (!o->auto_choices)
+        o->auto_choices = json_object();
+    json_object_set_new(o->auto_choices, key, json_pack("{s:o,s:s}", "value", value, "reason", reason));
+}
 
 static int is_kind(const graft__layer *l, const char *cls) { return !strcmp(l->ops->class_name, cls); }
 
@@ -32,17 +58,18 @@ static int starts_block(const graft_model *m, int i)
     return 0;
 }
 
-static void block_start(const graft_model *m, int cut, char *buf, size_t size)
+static int block_start(const graft_model *m, int node)
 {
-    int i = cut;
-    while (i > 0 && !starts_block(m, i))
-        i--;
-    snprintf(buf, size, "%s", m->nodes[i].layer->name);
+    while (node > 0 && !starts_block(m, node))
+        node--;
+    return node;
 }
 
-static int median_class_count(graft_dataset *ds)
+static int median_class_count(const graft_dataset *ds)
 {
     int64_t k = graft_dataset_class_count(ds), counts[4096];
+    if (k > 4096)
+        k = 4096;
     graft_dataset_class_counts(ds, counts);
     int64_t lo = 0;
     for (int64_t c = 0; c < k; c++) {
@@ -53,6 +80,54 @@ static int median_class_count(graft_dataset *ds)
             lo = lo == 0 || counts[c] < lo ? counts[c] : lo;
     }
     return (int)lo;
+}
+
+void auto_plan_split(train_options *o, graft_dataset *all)
+{
+    if (!o->auto_recipe || o->val || o->val_split_set)
+        return;
+    int per_class = median_class_count(all);
+    if (per_class >= HOLDOUT_PER_CLASS)
+        return;
+    o->val_split = 0.0;
+    choose(o, "val_split", json_real(0.0), "no validation split: with %d images per class "
+           "(median, < %d) every image is worth more in training; the head's L2 is "
+           "cross-validated instead", per_class, HOLDOUT_PER_CLASS);
+}
+
+static void choose_fine_tuning(train_options *o, const graft_model *m, int cut, int per_class)
+{
+    if (!o->recipe.fine_tune) {
+        choose(o, "fine_tune", json_false(), "no fine-tuning: --no-fine-tune");
+        return;
+    }
+    if (!o->fine_tune_at_set && o->val_split == 0.0 && !o->val) {
+        o->recipe.fine_tune = 0;
+        choose(o, "fine_tune", json_false(), "no fine-tuning: no validation images to stop it "
+               "(on the demo a fixed fine-tuning schedule lowered the linear probe's test "
+               "accuracy at 10 and 100 images per class)");
+        return;
+    }
+    if (!o->fine_tune_at_set && per_class < SMALL_PER_CLASS) {
+        o->recipe.fine_tune = 0;
+        choose(o, "fine_tune", json_false(), "no fine-tuning: %d images per class (median) is "
+               "too few (< %d); the linear probe is the model", per_class, SMALL_PER_CLASS);
+        return;
+    }
+    if (!o->fine_tune_at_set) {
+        int own = block_start(m, cut), below = own > 0 ? block_start(m, own - 1) : own;
+        snprintf(o->fine_tune_at, sizeof o->fine_tune_at, "%s", m->nodes[below].layer->name);
+        o->recipe.fine_tune_at = o->fine_tune_at;
+        choose(o, "fine_tune_at", json_string(o->fine_tune_at), "fine-tune from %s: the start "
+               "of the block below the cut's (%s), two blocks, with early stopping on the "
+               "validation loss", o->fine_tune_at, m->nodes[own].layer->name);
+    }
+    if (!o->fine_tune_lr_set) {
+        o->recipe.phase2.learning_rate = AUTO_FINE_TUNE_LR;
+        choose(o, "fine_tune_lr", json_real(AUTO_FINE_TUNE_LR), "fine-tuning learning rate "
+               "%g: two blocks above a fitted head take a larger step than a deep fine-tune",
+               AUTO_FINE_TUNE_LR);
+    }
 }
 
 int auto_choose(train_options *o, graft_dataset *train)
@@ -96,24 +171,18 @@ int auto_choose(train_options *o, graft_dataset *train)
         cli_error("--auto: %s", graft_last_error());
         status = CLI_BAD_INPUT;
     } else {
-        snprintf(o->cut, sizeof o->cut, "%s", c[best].layer);
-        o->recipe.cut = o->cut;
-        block_start(m, c[best].node, o->fine_tune_at, sizeof o->fine_tune_at);
-        o->recipe.fine_tune_at = o->fine_tune_at;
-        int per_class = median_class_count(train);
-        if (per_class < SMALL_PER_CLASS)
-            o->recipe.fine_tune = 0;
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-        if (!o->quiet && !o->json) {
-            printf("auto: cut at %s: best LogME (%.4f) of %d candidate layers on the training "
-                   "images (%.1f s)\n", o->cut, c[best].logme, nc, s);
-            if (o->recipe.fine_tune)
-                printf("auto: fine-tune from %s: the start of the cut's block\n", o->fine_tune_at);
-            else
-                printf("auto: no fine-tuning: %d images per class is too few (< %d)\n", per_class,
-                       SMALL_PER_CLASS);
-        }
+        snprintf(o->cut, sizeof o->cut, "%s", c[best].layer);
+        o->recipe.cut = o->cut;
+        choose(o, "cut", json_string(o->cut), "cut at %s: best LogME (%.4f) of %d candidate "
+               "layers on the %lld training images (%.1f s)", o->cut, c[best].logme, nc,
+               (long long)n, s);
+        o->recipe.linear_probe = 1;
+        choose(o, "linear_probe", json_true(), "phase 1 fits the head by L-BFGS on the pooled "
+               "features (L2 by 5-fold cross-validation), to convergence before any base layer "
+               "moves (LP-FT)");
+        choose_fine_tuning(o, m, c[best].node, median_class_count(train));
     }
     for (int i = 0; i < MAX_CANDIDATES; i++)
         free(c[i].features);

@@ -122,10 +122,12 @@ int cli_demo(int argc, char **argv)
     if (!rc)
         rc = graft_dataset_sample_per_class(pool, shots, o.recipe.seed, &shots_ds);
     if (!rc)
-        rc = graft_dataset_split(shots_ds, o.val_split, o.recipe.seed, &train, &val);
+        auto_plan_split(&o, shots_ds);
+    if (!rc)
+        rc = split_or_keep(shots_ds, o.val_split, o.recipe.seed, &train, &val);
     if (!rc && open_idx(data, "train", 56, GRAFT_PREPROCESS_NONE, &thumb_pool) == GRAFT_OK &&
         graft_dataset_sample_per_class(thumb_pool, shots, o.recipe.seed, &thumb_shots) == GRAFT_OK)
-        graft_dataset_split(thumb_shots, o.val_split, o.recipe.seed, &thumb_train, &thumbs);
+        split_or_keep(thumb_shots, o.val_split, o.recipe.seed, &thumb_train, &thumbs);
     int status = CLI_OK;
     if (rc) {
         cli_error("%s", graft_last_error());
@@ -136,7 +138,7 @@ int cli_demo(int argc, char **argv)
         if (!o.quiet && !o.json)
             printf("Fashion-MNIST, %ld images per class (%lld train, %lld val), %lldx%lld, "
                    "base %s; test set %lld images\n", shots, (long long)graft_dataset_count(train),
-                   (long long)graft_dataset_count(val), (long long)o.size, (long long)o.size,
+                   (long long)(val ? graft_dataset_count(val) : 0), (long long)o.size, (long long)o.size,
                    o.base, (long long)graft_dataset_count(test));
         d.test = test;
         o.recipe.on_phase_end = measure_test;
@@ -150,10 +152,12 @@ int cli_demo(int argc, char **argv)
                    (long long)(time(NULL) - start));
     }
     graft_dataset_free(thumbs);
-    graft_dataset_free(thumb_train);
+    if (thumb_train != thumb_shots)
+        graft_dataset_free(thumb_train);
     graft_dataset_free(thumb_shots);
     graft_dataset_free(thumb_pool);
-    graft_dataset_free(train);
+    if (train != shots_ds)
+        graft_dataset_free(train);
     graft_dataset_free(val);
     graft_dataset_free(shots_ds);
     graft_dataset_free(test);

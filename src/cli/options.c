@@ -32,16 +32,20 @@ const char train_options_help[] =
     "  --base DIR              pretrained base (default: the MobileNetV2 set-up installs);\n"
     "                          'random': the same architecture with fresh weights (a baseline)\n"
     "  --cut LAYER             feature layer to cut at (default: the last spatial one, e.g. out_relu)\n"
-    "  --auto                  choose the cut by LogME on the training images (see graft probe),\n"
-    "                          fine-tune from the start of its block, and not at all under 20\n"
-    "                          images per class; --no-auto turns it off (the demo's default is on)\n"
+    "  --auto                  choose from the data, printing each choice and its reason: no\n"
+    "                          validation split under 200 images per class, the cut by LogME\n"
+    "                          (see graft probe), a linear-probe head, fine-tuning of two blocks\n"
+    "                          only with validation images and 20+ per class; --no-auto turns it\n"
+    "                          off (the demo's default is on); --val-split, --fine-tune-at and\n"
+    "                          --fine-tune-lr given explicitly are kept\n"
     "  --size S                train at SxS pixels (default: the base's input size)\n"
     "  --dropout P             dropout before the new classifier (default 0.2)\n"
     "  --preprocess MODE       mobilenet (default), inception, torch, caffe, none or unit\n"
     "  --resize MODE           stretch (default), crop or pad\n"
     "data:\n"
     "  --val DIR               validation data (default: a stratified split of DATA)\n"
-    "  --val-split F           fraction held out for validation (default 0.2)\n"
+    "  --val-split F           fraction held out for validation (default 0.2; 0 = none:\n"
+    "                          train on everything, no early stopping)\n"
     "  --augment LIST          e.g. flip,rotation=0.05,zoom=0.1 (default), or none; keys:\n"
     "                          flip, vflip, rotation, zoom, translate, crop, brightness,\n"
     "                          contrast, saturation, hue, erasing\n"
@@ -52,6 +56,9 @@ const char train_options_help[] =
     "  --cache-views K         augmented views cached for frozen layers (default 4)\n"
     "  --cache-float16         keep cached features as float16 (half the memory)\n"
     "phase 1 (frozen base, new head):\n"
+    "  --linear-probe          fit the head by L-BFGS on the pooled features, L2 chosen by\n"
+    "                          5-fold cross-validation, instead of SGD epochs\n"
+    "                          (--no-linear-probe: SGD)\n"
     "  --epochs N              maximum epochs (default 100; early stopping ends it)\n"
     "  --lr X                  learning rate (default 1e-3)\n"
     "  --batch N               batch size (default 32)\n"
@@ -89,6 +96,8 @@ void train_options_free(train_options *o)
 {
     json_decref(o->config_root);
     o->config_root = NULL;
+    json_decref(o->auto_choices);
+    o->auto_choices = NULL;
 }
 
 static int parse_double(const char *opt, const char *text, double *out)
@@ -175,16 +184,28 @@ static int apply(train_options *o, const char *name, const char *value)
         return value ? (snprintf(o->cut, sizeof o->cut, "%s", value), r->cut = o->cut, 1) : -1;
     if (!strcmp(name, "--fine-tune-at"))
         return value ? (snprintf(o->fine_tune_at, sizeof o->fine_tune_at, "%s", value),
-                        r->fine_tune_at = o->fine_tune_at, 1) : -1;
+                        r->fine_tune_at = o->fine_tune_at, o->fine_tune_at_set = 1) : -1;
     if (!strcmp(name, "--size")) return cli_parse_positive(name, value, &l) ? (o->size = l, 1) : -1;
     if (!strcmp(name, "--dropout")) return NUMBER(r->dropout);
-    if (!strcmp(name, "--val-split")) return NUMBER(o->val_split);
+    if (!strcmp(name, "--val-split")) {
+        if (!parse_double(name, value, &d))
+            return -1;
+        if (!(d >= 0.0 && d < 1.0)) {
+            cli_error("--val-split needs a fraction in [0, 1), got '%s'", value);
+            return -1;
+        }
+        o->val_split = d;
+        o->val_split_set = 1;
+        return 1;
+    }
     if (!strcmp(name, "--cache-views")) return COUNT(r->cache_views);
     if (!strcmp(name, "--epochs")) return COUNT(r->phase1.epochs);
     if (!strcmp(name, "--lr")) return NUMBER(r->phase1.learning_rate);
     if (!strcmp(name, "--patience")) return COUNT(r->phase1.patience);
-    if (!strcmp(name, "--fine-tune-epochs")) return COUNT(r->phase2.epochs);
-    if (!strcmp(name, "--fine-tune-lr")) return NUMBER(r->phase2.learning_rate);
+    if (!strcmp(name, "--fine-tune-epochs"))
+        return (o->fine_tune_epochs_set = 1, COUNT(r->phase2.epochs));
+    if (!strcmp(name, "--fine-tune-lr"))
+        return (o->fine_tune_lr_set = 1, NUMBER(r->phase2.learning_rate));
     if (!strcmp(name, "--seed"))
         return cli_parse_positive(name, value, &l) ? (r->seed = (uint64_t)l, 1) : -1;
     if (!strcmp(name, "--threads")) return cli_parse_positive(name, value, &o->threads) ? 1 : -1;
@@ -250,6 +271,10 @@ int train_options_parse(train_options *o, int argc, char **argv, int *i)
     }
     if (!strcmp(a, "--quiet")) {
         o->quiet = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--linear-probe") || !strcmp(a, "--no-linear-probe")) {
+        o->recipe.linear_probe = !strcmp(a, "--linear-probe");
         return 1;
     }
     if (!strcmp(a, "--auto") || !strcmp(a, "--no-auto")) {
@@ -319,6 +344,8 @@ int train_options_load_json(train_options *o, const char *path)
     int ok = 1;
     json_object_foreach(root, key, v)
     {
+        if (!strcmp(key, "auto_choices") || !strcmp(key, "linear_probe_l2"))
+            continue; /* what a run chose, written for the reader; a rerun chooses again */
         char name[128], value[512];
         const char *text = value;
         snprintf(name, sizeof name, "--%s", key);
@@ -335,6 +362,9 @@ int train_options_load_json(train_options *o, const char *path)
             continue;
         } else if (json_is_boolean(v) && !strcmp(key, "auto")) {
             o->auto_recipe = json_is_true(v);
+            continue;
+        } else if (json_is_boolean(v) && !strcmp(key, "linear_probe")) {
+            o->recipe.linear_probe = json_is_true(v);
             continue;
         } else if (json_is_boolean(v) && !strcmp(key, "cache_float16")) {
             o->recipe.phase1.cache_float16 = o->recipe.phase2.cache_float16 = json_is_true(v);
@@ -401,6 +431,11 @@ json_t *train_options_to_json(const train_options *o, const graft_recipe_result 
     json_object_set_new(j, "seed", json_integer((json_int_t)r->seed));
     json_object_set_new(j, "cache_float16", json_boolean(r->phase1.cache_float16));
     json_object_set_new(j, "auto", json_boolean(o->auto_recipe));
+    json_object_set_new(j, "linear_probe", json_boolean(r->linear_probe));
+    if (r->linear_probe)
+        json_object_set_new(j, "linear_probe_l2", json_real(res->head_l2));
+    if (o->auto_choices)
+        json_object_set(j, "auto_choices", o->auto_choices);
     if (o->val)
         json_object_set_new(j, "val", json_string(o->val));
     if (r->phase2.layer_lr == GRAFT_LAYER_LR_DECAY)

@@ -15,6 +15,9 @@ typedef struct train_options {
     double val_split;
     long threads;
     int json, quiet, force, auto_recipe;
+    int val_split_set;     /* --val-split was given: --auto leaves it alone */
+    int fine_tune_lr_set, fine_tune_epochs_set, fine_tune_at_set; /* likewise */
+    json_t *auto_choices;  /* --auto's choices with their reasons, for config.json */
     json_t *config_root;   /* a --config file, kept while its strings are in use */
     graft_preprocess preprocess;
     graft_resize_mode resize;
@@ -37,6 +40,9 @@ extern const char train_options_help[];
 
 /* Default base: models/mobilenet_v2 from the source tree set-up filled. */
 const char *default_base(void);
+/* --auto, before the split: holds nothing out of small sets (the choice and its
+ * reason go into o->auto_choices). */
+void auto_plan_split(train_options *o, graft_dataset *all);
 /* --auto: picks the cut (and the fine-tuning) from the training data. */
 int auto_choose(train_options *o, graft_dataset *train);
 /* Loads --base; "random" is the default base's architecture with fresh weights. */

@@ -77,6 +77,12 @@ static int on_epoch(const graft_epoch_metrics *e, void *user)
                p->phase, e->epoch, e->train_loss, e->train_accuracy,
                isnan(e->val_loss) ? -1.0 : e->val_loss, isnan(e->val_accuracy) ? -1.0 : e->val_accuracy,
                e->learning_rate, e->seconds, e->images_per_second, e->best ? "true" : "false");
+    } else if (p->phase == 1 && p->o->recipe.linear_probe) {
+        printf("phase 1 linear probe (L-BFGS)  loss %.4f  acc %.4f", e->train_loss,
+               e->train_accuracy);
+        if (!isnan(e->val_loss))
+            printf("  val_loss %.4f  val_acc %.4f", e->val_loss, e->val_accuracy);
+        printf("  %.1fs\n", e->seconds);
     } else {
         printf("phase %d epoch %2d/%d  loss %.4f  acc %.4f", p->phase, e->epoch,
                p->max_epochs[p->phase], e->train_loss, e->train_accuracy);
@@ -378,7 +384,8 @@ int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft
             free(text);
             json_decref(end);
         } else {
-            printf("validation accuracy %.4f (%lld images)", ev.accuracy, (long long)ev.count);
+            printf("%s accuracy %.4f (%lld images)", val ? "validation" : "training", ev.accuracy,
+                   (long long)ev.count);
             if (test)
                 printf(", test accuracy %.4f (%lld images)", tev.accuracy, (long long)tev.count);
             printf("\nwrote %s/{model.json, labels.txt, metrics.json, config.json, report.html}\n",
@@ -449,6 +456,16 @@ static int same_classes(graft_dataset *train, graft_dataset *val, const char *va
     return 1;
 }
 
+graft_status split_or_keep(graft_dataset *all, double val_fraction, uint64_t seed,
+                           graft_dataset **train, graft_dataset **val)
+{
+    if (val_fraction > 0.0)
+        return graft_dataset_split(all, val_fraction, seed, train, val);
+    *train = all;
+    *val = NULL;
+    return GRAFT_OK;
+}
+
 int run_training(train_options *o, const char *data, const char *unused)
 {
     int checked = out_check(o);
@@ -473,9 +490,10 @@ int run_training(train_options *o, const char *data, const char *unused)
         if (!rc)
             rc = open_at(o->val, o, 96, 96, GRAFT_PREPROCESS_NONE, &thumbs);
     } else if (!rc) {
-        rc = graft_dataset_split(all, o->val_split, o->recipe.seed, &train, &val);
+        auto_plan_split(o, all);
+        rc = split_or_keep(all, o->val_split, o->recipe.seed, &train, &val);
         if (!rc && open_at(data, o, 96, 96, GRAFT_PREPROCESS_NONE, &thumbs_all) == GRAFT_OK)
-            graft_dataset_split(thumbs_all, o->val_split, o->recipe.seed, &thumbs_train, &thumbs);
+            split_or_keep(thumbs_all, o->val_split, o->recipe.seed, &thumbs_train, &thumbs);
     }
     if (rc) {
         cli_error("%s", graft_last_error());
@@ -484,11 +502,15 @@ int run_training(train_options *o, const char *data, const char *unused)
         status = CLI_BAD_INPUT;
     } else {
         print_dataset(o, "train", train);
-        print_dataset(o, "val", val);
+        if (val)
+            print_dataset(o, "val", val);
+        else if (!o->quiet && !o->json)
+            printf("val: none (--val-split 0): every image trains; no early stopping\n");
         status = run_recipe(o, model, train, val, NULL, thumbs, NULL);
     }
     graft_dataset_free(thumbs);
-    graft_dataset_free(thumbs_train);
+    if (thumbs_train != thumbs_all)
+        graft_dataset_free(thumbs_train);
     graft_dataset_free(thumbs_all);
     if (train != all)
         graft_dataset_free(train);

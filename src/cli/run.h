@@ -16,6 +16,11 @@ int run_training(train_options *o, const char *data, const char *unused);
 int run_recipe(train_options *o, graft_model *model, graft_dataset *train, graft_dataset *val,
                graft_dataset *test, graft_dataset *thumbs, double *phase_accuracy);
 
+/* graft_dataset_split, or for a fraction of 0 the whole set as train (the same
+ * handle: free it once) and no val. */
+graft_status split_or_keep(graft_dataset *all, double val_fraction, uint64_t seed,
+                           graft_dataset **train, graft_dataset **val);
+
 /* OUT may be written: absent, or a graft folder and --force given. */
 int out_check(const train_options *o);
 

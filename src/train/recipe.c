@@ -7,6 +7,7 @@
 #include "data/augment.h"
 #include "data/dataset.h"
 #include "model/model.h"
+#include "train/linear_head.h"
 
 void graft_recipe_defaults(graft_recipe *r)
 {
@@ -139,7 +140,10 @@ graft_status graft_recipe_run(graft_model *m, graft_dataset *train, graft_datase
     p1.mixup = r->augment.mixup;
     p1.cutmix = r->augment.cutmix;
     freeze_base(m, n_base_layers);
-    rc = graft_train(m, &train_src, val ? &val_src : NULL, &p1, &res->phase1);
+    if (r->linear_probe)
+        rc = graft__fit_linear_head(m, train, val, r->seed, &p1, &res->phase1, &res->head_l2);
+    else
+        rc = graft_train(m, &train_src, val ? &val_src : NULL, &p1, &res->phase1);
     if (rc || (r->on_phase_end && r->on_phase_end(1, m, r->user)) || !r->fine_tune)
         return rc;
 
