@@ -136,6 +136,13 @@ graft_status graft_model_cut(graft_model *model, const char *layer_name);
  * `classes`, Glorot-initialised from seed. New layers are trainable. */
 graft_status graft_model_add_classifier(graft_model *model, int64_t classes, double dropout,
                                         uint64_t seed);
+/* The same head with the image features average-pooled to a grid x grid map and
+ * flattened instead of pooled globally (grid <= 1: exactly add_classifier): an
+ * AveragePooling2D with pool and stride ceil(H / grid) x ceil(W / grid) and "same"
+ * padding, then Flatten. Keeps where things are, which helps when the objects are
+ * framed alike; the head then fixes the input size. */
+graft_status graft_model_add_grid_classifier(graft_model *model, int64_t classes, double dropout,
+                                             int grid, uint64_t seed);
 /* Runs the model at another input size (a convolutional base after a cut takes
  * any size); fails, leaving the model as it was, when a layer's weights or shape
  * rules do not allow it (e.g. a Dense after Flatten). */
@@ -470,6 +477,9 @@ typedef struct graft_recipe {
     graft_augment augment;       /* default flip_horizontal, rotation 0.05, zoom 0.1 */
     int cache_views;             /* augmented views cached for frozen layers; default 4
                                   * (1 when augmentation is off) */
+    int head_grid;               /* default 1: global average pooling; G >= 2: the
+                                  * features average-pooled to G x G and flattened
+                                  * (graft_model_add_grid_classifier) */
     int linear_probe;            /* default 0. 1: phase 1 fits the head's Dense layer by
                                   * L-BFGS on the pooled features of the un-augmented
                                   * training images (L2 chosen by k-fold cross-validation

@@ -78,6 +78,46 @@ static const char *train_args(void)
     return args;
 }
 
+/* The model's predictions on every image, through graft and through TF.js
+ * (loading model_dir), agree within 1e-4. */
+static void tfjs_reproduces(graft_model *m, const char *model_dir)
+{
+    /* The model's predictions on every image, through graft and through TF.js. */
+    int n = CLASSES * PER_CLASS;
+    float *x = malloc(sizeof(float) * (size_t)n * NET * NET * 3), probs[CLASSES * PER_CLASS * CLASSES];
+    for (int c = 0, i = 0; c < CLASSES; c++)
+        for (int k = 0; k < PER_CLASS; k++, i++) {
+            char path[512];
+            snprintf(path, sizeof path, "%s/%s/%d.png", data, class_names[c], k);
+            assert_int_equal(graft_image_load(path, NET, NET, GRAFT_RESIZE_STRETCH,
+                                              GRAFT_PREPROCESS_MOBILENET, x + (size_t)i * NET * NET * 3),
+                             GRAFT_OK);
+        }
+    assert_int_equal(graft_model_forward(m, x, n, probs), GRAFT_OK);
+    char input[256], cmd[2048], ref_path[256];
+    snprintf(input, sizeof input, "%s/input.bin", root);
+    FILE *f = fopen(input, "wb");
+    fwrite(x, sizeof(float), (size_t)n * NET * NET * 3, f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "node '%s/tests/node/tfjs_reference.js' --model '%s' --input '%s' --input-shape "
+             "%d,%d,%d,3 --out '%s/tfjs' > '%s/tfjs.log' 2>&1",
+             GRAFT_SOURCE_DIR, model_dir, input, n, NET, NET, root, root);
+    if (system(cmd) != 0)
+        fail_msg("TF.js failed on the trained model; see %s/tfjs.log", root);
+    snprintf(ref_path, sizeof ref_path, "%s/tfjs/output.bin", root);
+    f = fopen(ref_path, "rb");
+    float ref[CLASSES * PER_CLASS * CLASSES];
+    assert_int_equal(fread(ref, sizeof(float), (size_t)n * CLASSES, f), (size_t)n * CLASSES);
+    fclose(f);
+    double max_diff = 0.0;
+    for (int i = 0; i < n * CLASSES; i++)
+        max_diff = fmax(max_diff, fabs(ref[i] - probs[i]));
+    printf("    trained model: graft vs TF.js max|diff| %.3g over %d images\n", max_diff, n);
+    assert_true(max_diff <= 1e-4);
+    free(x);
+}
+
 static void train_writes_a_consistent_folder_tfjs_reproduces(void **state)
 {
     char err[4096];
@@ -110,40 +150,7 @@ static void train_writes_a_consistent_folder_tfjs_reproduces(void **state)
     assert_true(json_is_true(json_object_get(json_object_get(config, "augment"), "flip")));
     assert_string_equal(json_string_value(json_object_get(config, "cut")), "out_relu");
 
-    /* The model's predictions on every image, through graft and through TF.js. */
-    int n = CLASSES * PER_CLASS;
-    float *x = malloc(sizeof(float) * (size_t)n * NET * NET * 3), probs[CLASSES * PER_CLASS * CLASSES];
-    for (int c = 0, i = 0; c < CLASSES; c++)
-        for (int k = 0; k < PER_CLASS; k++, i++) {
-            char path[512];
-            snprintf(path, sizeof path, "%s/%s/%d.png", data, class_names[c], k);
-            assert_int_equal(graft_image_load(path, NET, NET, GRAFT_RESIZE_STRETCH,
-                                              GRAFT_PREPROCESS_MOBILENET, x + (size_t)i * NET * NET * 3),
-                             GRAFT_OK);
-        }
-    assert_int_equal(graft_model_forward(m, x, n, probs), GRAFT_OK);
-    char input[256], cmd[2048], ref_path[256];
-    snprintf(input, sizeof input, "%s/input.bin", root);
-    FILE *f = fopen(input, "wb");
-    fwrite(x, sizeof(float), (size_t)n * NET * NET * 3, f);
-    fclose(f);
-    snprintf(cmd, sizeof cmd,
-             "node '%s/tests/node/tfjs_reference.js' --model '%s' --input '%s' --input-shape "
-             "%d,%d,%d,3 --out '%s/tfjs' > '%s/tfjs.log' 2>&1",
-             GRAFT_SOURCE_DIR, out, input, n, NET, NET, root, root);
-    if (system(cmd) != 0)
-        fail_msg("TF.js failed on the trained model; see %s/tfjs.log", root);
-    snprintf(ref_path, sizeof ref_path, "%s/tfjs/output.bin", root);
-    f = fopen(ref_path, "rb");
-    float ref[CLASSES * PER_CLASS * CLASSES];
-    assert_int_equal(fread(ref, sizeof(float), (size_t)n * CLASSES, f), (size_t)n * CLASSES);
-    fclose(f);
-    double max_diff = 0.0;
-    for (int i = 0; i < n * CLASSES; i++)
-        max_diff = fmax(max_diff, fabs(ref[i] - probs[i]));
-    printf("    trained model: graft vs TF.js max|diff| %.3g over %d images\n", max_diff, n);
-    assert_true(max_diff <= 1e-4);
-    free(x);
+    tfjs_reproduces(m, out);
     json_decref(metrics);
     json_decref(config);
     graft_model_free(m);
@@ -189,6 +196,7 @@ static void auto_on_a_tiny_set_skips_fine_tuning_and_says_why(void **state)
     assert_non_null(strstr(text, "auto: cut at "));
     assert_non_null(strstr(text, "best LogME"));
     assert_non_null(strstr(text, "auto: phase 1 fits the head by L-BFGS"));
+    assert_non_null(strstr(text, "auto: head: "));
     assert_non_null(strstr(text, "auto: no fine-tuning: no validation images"));
     assert_non_null(strstr(text, "phase 1 linear probe (L-BFGS)"));
     json_t *config = load_json(auto_out, "config.json"), *metrics = load_json(auto_out, "metrics.json");
@@ -201,14 +209,15 @@ static void auto_on_a_tiny_set_skips_fine_tuning_and_says_why(void **state)
     assert_string_equal(json_string_value(auto_choice(config, "cut")),
                         json_string_value(json_object_get(config, "cut")));
     assert_true(json_is_true(auto_choice(config, "linear_probe")));
+    assert_true(json_integer_value(auto_choice(config, "head_grid")) >= 1);
     assert_true(json_is_false(auto_choice(config, "fine_tune")));
     assert_int_equal(json_integer_value(json_object_get(metrics, "phase2_first_epoch")), -1);
     assert_int_equal(json_array_size(json_object_get(metrics, "history")), 1);
     json_decref(config);
     json_decref(metrics);
 
-    snprintf(args, sizeof args, "train '%s' -o '%s' --size %d --auto --val-split 0.2 --force", data,
-             auto_out, NET);
+    snprintf(args, sizeof args, "train '%s' -o '%s' --size %d --auto --val-split 0.2 --force "
+             "--head-grid 2", data, auto_out, NET);
     status = run(args, err, sizeof err);
     if (status != 0)
         fail_msg("graft train --auto --val-split 0.2 exited %d: %s", status, err);
@@ -218,7 +227,14 @@ static void auto_on_a_tiny_set_skips_fine_tuning_and_says_why(void **state)
     config = load_json(auto_out, "config.json");
     assert_true(json_real_value(json_object_get(config, "val_split")) == 0.2);
     assert_true(json_is_false(auto_choice(config, "fine_tune")));
+    assert_int_equal(json_integer_value(json_object_get(config, "head_grid")), 2);
+    assert_null(json_object_get(json_object_get(config, "auto_choices"), "head_grid"));
     json_decref(config);
+    /* The grid head (AveragePooling2D, Flatten) as TF.js reads it. */
+    graft_model *m = NULL;
+    assert_int_equal(graft_model_load(auto_out, &m), GRAFT_OK);
+    tfjs_reproduces(m, auto_out);
+    graft_model_free(m);
 }
 
 /* predict reads graft's own folder: labels by name, CSV with a header. */

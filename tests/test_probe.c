@@ -563,6 +563,60 @@ static void probe_matches_gradient_descent(void **state)
     }
 }
 
+/* More features than rows (the fit's row-space path): the result must be stationary
+ * for the full d-dimensional objective, checked in double on the standardised
+ * features, so nothing was lost in the reduction. */
+enum { WN = 14, WD = 40, WC = 3 };
+static void probe_wide_features_reach_the_full_optimum(void **state)
+{
+    float x[WN * WD], w[WD * WC], b[WC];
+    int32_t y[WN];
+    double mu[WD], sd[WD];
+    make_data(x, y, WN, WD, WC, 0.8, 7);
+    column_stats(x, WN, WD, mu, sd);
+    const double l2s[2] = {0.01, 1.0};
+    for (int q = 0; q < 2; q++) {
+        double loss = -1;
+        assert_int_equal(graft__linear_probe_fit(x, y, WN, WD, WC, l2s[q], 2000, w, b, &loss),
+                         GRAFT_OK);
+        /* Back to standardised coordinates: V = W sd, c = b + mu . W. */
+        double gv[WD * WC] = {0}, gc[WC] = {0}, objective = 0, pen = 0;
+        for (int i = 0; i < WN; i++) {
+            double t[WC], mx = -INFINITY, sum = 0;
+            for (int k = 0; k < WC; k++) {
+                t[k] = b[k];
+                for (int j = 0; j < WD; j++)
+                    t[k] += (double)x[i * WD + j] * w[j * WC + k];
+                mx = fmax(mx, t[k]);
+            }
+            for (int k = 0; k < WC; k++)
+                sum += exp(t[k] - mx);
+            objective += mx + log(sum) - t[y[i]];
+            for (int k = 0; k < WC; k++) {
+                const double r = (exp(t[k] - mx) / sum - (y[i] == k)) / WN;
+                gc[k] += r;
+                for (int j = 0; j < WD; j++)
+                    gv[j * WC + k] += (x[i * WD + j] - mu[j]) / sd[j] * r;
+            }
+        }
+        double norm = 0;
+        for (int j = 0; j < WD; j++)
+            for (int k = 0; k < WC; k++) {
+                const double v = (double)w[j * WC + k] * sd[j];
+                pen += v * v;
+                const double g = gv[j * WC + k] + l2s[q] * v;
+                norm += g * g;
+            }
+        for (int k = 0; k < WC; k++)
+            norm += gc[k] * gc[k];
+        objective = objective / WN + 0.5 * l2s[q] * pen;
+        printf("wide probe l2 %g: loss %.10f (recomputed %.10f), gradient norm %.3g\n", l2s[q],
+               loss, objective, sqrt(norm));
+        assert_true(sqrt(norm) < 1e-5);
+        assert_close(objective, loss, 1e-6);
+    }
+}
+
 static void probe_constant_column_and_args(void **state)
 {
     float x[PN * PD], w[PD * PC], b[PC];
@@ -717,6 +771,7 @@ int main(void)
         cmocka_unit_test(logme_bad_arguments),
         cmocka_unit_test(probe_stationary_on_raw_features),
         cmocka_unit_test(probe_matches_gradient_descent),
+        cmocka_unit_test(probe_wide_features_reach_the_full_optimum),
         cmocka_unit_test(probe_constant_column_and_args),
         cmocka_unit_test(probe_cv_choice_and_determinism),
         cmocka_unit_test(probe_out_of_memory),

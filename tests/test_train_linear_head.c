@@ -5,7 +5,8 @@
  * optimum at the L2 the recipe reports, and compares the Dense layer's kernel and
  * bias, the reported training loss and accuracy, and graft_evaluate's accuracy.
  * The L2 must come from the grid and, on features whose classes separate only
- * with a small penalty, must not be the largest one. */
+ * with a small penalty, must not be the largest one. The same with the head
+ * pooled to a 3x3 grid and flattened; both heads survive a save and reload. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -45,6 +46,7 @@ static void write_base(const char *dir)
     assert_true(tmw_add_weight(&w, "feat/kernel", conv_w, 4, (int64_t[]){1, 1, 3, FILTERS}));
     assert_true(tmw_add_weight(&w, "feat/bias", conv_b, 1, (int64_t[]){FILTERS}));
     assert_true(tmw_write(dir, tmw_functional("base", layers, "input_1", "feat"), 1, &w));
+    tmw_weights_free(&w);
 }
 
 /* Images whose brightness depends on the class plus a per-image pattern, so the
@@ -63,28 +65,36 @@ static void write_images(const char *images, const char *labels_path)
     write_idx(labels_path, 1, ldims, labels, sizeof labels);
 }
 
-/* Pooled ReLU(1x1 conv) features of the dataset's preprocessed pixels, in double. */
-static void naive_features(graft_dataset *ds, float *features, int32_t *labels)
+/* ReLU(1x1 conv) of the dataset's preprocessed pixels averaged over grid x grid
+ * cells of (SIDE / grid) pixels (grid 1: global), flattened cell by cell with the
+ * channels innermost, in double. */
+static int64_t naive_features(graft_dataset *ds, int grid, float *features, int32_t *labels)
 {
     static float x[N * SIDE * SIDE * 3];
     int64_t idx[N];
     for (int i = 0; i < N; i++)
         idx[i] = i;
     assert_int_equal(graft_dataset_load(ds, idx, N, NULL, 0, x, labels), GRAFT_OK);
+    const int cell = SIDE / grid, d = grid * grid * FILTERS;
     for (int i = 0; i < N; i++)
-        for (int f = 0; f < FILTERS; f++) {
-            double sum = 0.0;
-            for (int p = 0; p < SIDE * SIDE; p++) {
-                double v = conv_b[f];
-                for (int c = 0; c < 3; c++)
-                    v += (double)x[(i * SIDE * SIDE + p) * 3 + c] * conv_w[c * FILTERS + f];
-                sum += v > 0 ? v : 0;
-            }
-            features[i * FILTERS + f] = (float)(sum / (SIDE * SIDE));
-        }
+        for (int gy = 0; gy < grid; gy++)
+            for (int gx = 0; gx < grid; gx++)
+                for (int f = 0; f < FILTERS; f++) {
+                    double sum = 0.0;
+                    for (int py = gy * cell; py < (gy + 1) * cell; py++)
+                        for (int px = gx * cell; px < (gx + 1) * cell; px++) {
+                            const int p = py * SIDE + px;
+                            double v = conv_b[f];
+                            for (int c = 0; c < 3; c++)
+                                v += (double)x[(i * SIDE * SIDE + p) * 3 + c] * conv_w[c * FILTERS + f];
+                            sum += v > 0 ? v : 0;
+                        }
+                    features[i * d + (gy * grid + gx) * FILTERS + f] = (float)(sum / (cell * cell));
+                }
+    return d;
 }
 
-static void linear_head_is_the_solver_optimum_on_pooled_features(void **state)
+static void check_linear_head(int grid)
 {
     write_base(at("base"));
     write_images(at("x-images-idx3-ubyte"), at("x-labels-idx1-ubyte"));
@@ -103,31 +113,34 @@ static void linear_head_is_the_solver_optimum_on_pooled_features(void **state)
     r.linear_probe = 1;
     r.fine_tune = 0;
     r.seed = 4;
+    r.head_grid = grid;
     graft_recipe_result res;
     if (graft_recipe_run(m, ds, NULL, &r, &res) != GRAFT_OK)
         fail_msg("%s", graft_last_error());
 
-    static const double grid[] = {1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0};
+    static const double l2_grid[] = {1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0};
     int on_grid = 0;
-    for (size_t g = 0; g < sizeof grid / sizeof *grid; g++)
-        on_grid |= res.head_l2 == grid[g];
+    for (size_t g = 0; g < sizeof l2_grid / sizeof *l2_grid; g++)
+        on_grid |= res.head_l2 == l2_grid[g];
     assert_true(on_grid);
     assert_true(res.head_l2 < 10.0);
     assert_int_equal(res.phase1.epochs_run, 1);
     assert_false(res.phase2_run);
 
-    float features[N * FILTERS], w[FILTERS * CLASSES], b[CLASSES];
+    static float features[N * 9 * FILTERS], w[9 * FILTERS * CLASSES];
+    float b[CLASSES];
     int32_t labels[N];
-    naive_features(ds, features, labels);
-    assert_int_equal(graft__linear_probe_fit(features, labels, N, FILTERS, CLASSES, res.head_l2,
-                                             1000, w, b, NULL), GRAFT_OK);
+    const int64_t d = naive_features(ds, grid, features, labels);
+    assert_int_equal(graft__linear_probe_fit(features, labels, N, d, CLASSES, res.head_l2, 1000, w,
+                                             b, NULL), GRAFT_OK);
     graft__layer *dense = graft__graph_find_layer(m, "classifier");
     assert_non_null(dense);
     const float *kernel = dense->weights[0].data, *bias = dense->weights[1].data;
     double scale = 0.0;
-    for (int i = 0; i < FILTERS * CLASSES; i++)
+    assert_int_equal(dense->weights[0].shape.dim[0], d);
+    for (int i = 0; i < d * CLASSES; i++)
         scale = fmax(scale, fabs(w[i]));
-    for (int i = 0; i < FILTERS * CLASSES; i++)
+    for (int i = 0; i < d * CLASSES; i++)
         if (fabs(kernel[i] - w[i]) > 1e-3 * scale)
             fail_msg("kernel[%d] = %g, solver on naive features %g", i, kernel[i], w[i]);
     for (int k = 0; k < CLASSES; k++)
@@ -142,8 +155,8 @@ static void linear_head_is_the_solver_optimum_on_pooled_features(void **state)
         int best = 0;
         for (int k = 0; k < CLASSES; k++) {
             z[k] = b[k];
-            for (int f = 0; f < FILTERS; f++)
-                z[k] += (double)features[i * FILTERS + f] * w[f * CLASSES + k];
+            for (int f = 0; f < d; f++)
+                z[k] += (double)features[i * d + f] * w[f * CLASSES + k];
             if (z[k] > top) {
                 top = z[k];
                 best = k;
@@ -161,8 +174,28 @@ static void linear_head_is_the_solver_optimum_on_pooled_features(void **state)
     assert_int_equal(graft_evaluate(m, ds, 16, 0, &ev), GRAFT_OK);
     assert_true(fabs(ev.accuracy - (double)right / N) < 1e-12);
     graft_evaluation_free(&ev);
+    /* Saved and loaded again, the head predicts the same. */
+    mkdir(at("saved%d", grid), 0755);
+    assert_int_equal(graft_model_save(m, at("saved%d", grid)), GRAFT_OK);
+    graft_model *again = NULL;
+    assert_int_equal(graft_model_load(at("saved%d", grid), &again), GRAFT_OK);
+    assert_int_equal(graft_evaluate(again, ds, 16, 0, &ev), GRAFT_OK);
+    assert_true(fabs(ev.accuracy - (double)right / N) < 1e-12);
+    graft_evaluation_free(&ev);
+    graft_model_free(again);
     graft_model_free(m);
     graft_dataset_free(ds);
+}
+
+static void linear_head_is_the_solver_optimum_on_pooled_features(void **state)
+{
+    check_linear_head(1);
+}
+
+/* The 3x3 grid head: AveragePooling2D over 2x2 cells of the 6x6 map, Flatten. */
+static void grid_head_is_the_solver_optimum_on_grid_features(void **state)
+{
+    check_linear_head(3);
 }
 
 /* A head the solver cannot take: no global pooling before the Dense layer. */
@@ -192,6 +225,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(linear_head_is_the_solver_optimum_on_pooled_features,
+                                        fresh_scratch, remove_scratch),
+        cmocka_unit_test_setup_teardown(grid_head_is_the_solver_optimum_on_grid_features,
                                         fresh_scratch, remove_scratch),
         cmocka_unit_test_setup_teardown(linear_head_refuses_a_head_without_pooling,
                                         fresh_scratch, remove_scratch),

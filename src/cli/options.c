@@ -34,12 +34,15 @@ const char train_options_help[] =
     "  --cut LAYER             feature layer to cut at (default: the last spatial one, e.g. out_relu)\n"
     "  --auto                  choose from the data, printing each choice and its reason: no\n"
     "                          validation split under 200 images per class, the cut by LogME\n"
-    "                          (see graft probe), a linear-probe head, fine-tuning of two blocks\n"
+    "                          (see graft probe), the head's pooling grid by LogME, a\n"
+    "                          linear-probe head, fine-tuning of two blocks\n"
     "                          only with validation images and 20+ per class; --no-auto turns it\n"
-    "                          off (the demo's default is on); --val-split, --fine-tune-at and\n"
-    "                          --fine-tune-lr given explicitly are kept\n"
+    "                          off (the demo's default is on); --val-split, --head-grid,\n"
+    "                          --fine-tune-at and --fine-tune-lr given explicitly are kept\n"
     "  --size S                train at SxS pixels (default: the base's input size)\n"
     "  --dropout P             dropout before the new classifier (default 0.2)\n"
+    "  --head-grid G           pool the features to GxG and flatten them instead of global\n"
+    "                          average pooling (default 1 = global)\n"
     "  --preprocess MODE       mobilenet (default), inception, torch, caffe, none or unit\n"
     "  --resize MODE           stretch (default), crop or pad\n"
     "data:\n"
@@ -199,6 +202,7 @@ static int apply(train_options *o, const char *name, const char *value)
         return 1;
     }
     if (!strcmp(name, "--cache-views")) return COUNT(r->cache_views);
+    if (!strcmp(name, "--head-grid")) return (o->head_grid_set = 1, COUNT(r->head_grid));
     if (!strcmp(name, "--epochs")) return COUNT(r->phase1.epochs);
     if (!strcmp(name, "--lr")) return NUMBER(r->phase1.learning_rate);
     if (!strcmp(name, "--patience")) return COUNT(r->phase1.patience);
@@ -431,6 +435,7 @@ json_t *train_options_to_json(const train_options *o, const graft_recipe_result 
     json_object_set_new(j, "seed", json_integer((json_int_t)r->seed));
     json_object_set_new(j, "cache_float16", json_boolean(r->phase1.cache_float16));
     json_object_set_new(j, "auto", json_boolean(o->auto_recipe));
+    json_object_set_new(j, "head_grid", json_integer(r->head_grid > 1 ? r->head_grid : 1));
     json_object_set_new(j, "linear_probe", json_boolean(r->linear_probe));
     if (r->linear_probe)
         json_object_set_new(j, "linear_probe_l2", json_real(res->head_l2));

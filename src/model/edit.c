@@ -145,15 +145,30 @@ static void init_dense(graft__layer *dense, uint64_t seed)
 graft_status graft_model_add_classifier(graft_model *m, int64_t classes, double dropout,
                                         uint64_t seed)
 {
+    return graft_model_add_grid_classifier(m, classes, dropout, 1, seed);
+}
+
+graft_status graft_model_add_grid_classifier(graft_model *m, int64_t classes, double dropout,
+                                             int grid, uint64_t seed)
+{
     if (!m || classes < 2 || dropout < 0.0 || dropout >= 1.0)
         return graft__fail(GRAFT_E_INVALID_ARG, "a classifier needs at least 2 classes and "
                            "dropout in [0, 1)");
     int node;
     graft_status rc = GRAFT_OK;
-    if (m->nodes[m->output_node].shape.rank == 3)
+    const graft__shape *out = &m->nodes[m->output_node].shape;
+    if (out->rank == 3 && grid > 1) {
+        json_int_t ph = (json_int_t)((out->dim[0] + grid - 1) / grid);
+        json_int_t pw = (json_int_t)((out->dim[1] + grid - 1) / grid);
+        rc = append(m, "average_pooling2d", "AveragePooling2D",
+                    json_pack("{s:[I,I],s:[I,I],s:s,s:s}", "pool_size", ph, pw, "strides", ph, pw,
+                              "padding", "same", "data_format", "channels_last"), &node);
+        if (!rc)
+            rc = append(m, "flatten", "Flatten", json_object(), &node);
+    } else if (out->rank == 3)
         rc = append(m, "global_average_pooling2d", "GlobalAveragePooling2D",
                     json_pack("{s:s}", "data_format", "channels_last"), &node);
-    else if (m->nodes[m->output_node].shape.rank != 1)
+    else if (out->rank != 1)
         rc = append(m, "flatten", "Flatten", json_object(), &node);
     if (!rc && dropout > 0.0)
         rc = append(m, "dropout", "Dropout", json_pack("{s:f}", "rate", dropout), &node);

@@ -46,9 +46,13 @@ static graft_status find_head(const graft_model *m, int *pool, graft__layer **de
     node = m->nodes[node].inputs[0];
     if (!strcmp(class_of(m, node), "Dropout"))
         node = m->nodes[node].inputs[0];
-    if (!strstr(class_of(m, node), "GlobalAveragePooling") && !strstr(class_of(m, node), "GlobalMaxPooling"))
-        return graft__fail(GRAFT_E_UNSUPPORTED, "%s: the linear head needs global pooling before "
-                           "the Dense layer, found %s", m->path, class_of(m, node));
+    int flat = !strcmp(class_of(m, node), "Flatten") && m->nodes[node].n_inputs == 1 &&
+               strstr(class_of(m, m->nodes[node].inputs[0]), "Pooling2D");
+    if (!strstr(class_of(m, node), "GlobalAveragePooling") &&
+        !strstr(class_of(m, node), "GlobalMaxPooling") && !flat)
+        return graft__fail(GRAFT_E_UNSUPPORTED, "%s: the linear head needs pooling (global, or "
+                           "a grid then Flatten) before the Dense layer, found %s", m->path,
+                           class_of(m, node));
     *pool = node;
     return GRAFT_OK;
 }
@@ -59,7 +63,7 @@ static graft_status pooled(graft_model *m, int pool, graft_dataset *ds, float *f
 {
     int64_t n = graft_dataset_count(ds), h, w, c, idx[BATCH];
     graft_model_input_size(m, &h, &w, &c);
-    const int64_t d = m->nodes[pool].shape.dim[0];
+    const int64_t d = graft__shape_elems(&m->nodes[pool].shape);
     const char *name = m->nodes[pool].layer->name;
     float *x = graft__malloc(sizeof(float) * (size_t)(BATCH * h * w * c));
     graft_status rc = x ? GRAFT_OK : graft__fail(GRAFT_E_NOMEM, "out of memory for head features");
@@ -212,7 +216,7 @@ graft_status graft__fit_linear_head(graft_model *m, graft_dataset *train, graft_
     graft_status rc = find_head(m, &pool, &dense);
     if (rc)
         return rc;
-    const int64_t d = m->nodes[pool].shape.dim[0], classes = graft_dataset_class_count(train);
+    const int64_t d = graft__shape_elems(&m->nodes[pool].shape), classes = graft_dataset_class_count(train);
     const int64_t n = graft_dataset_count(train), nv = val ? graft_dataset_count(val) : 0;
     if (classes > 4096)
         return graft__fail(GRAFT_E_UNSUPPORTED, "the linear head takes at most 4096 classes");

@@ -21,7 +21,7 @@ extern void dsyevd_(const char *jobz, const char *uplo, const blasint *n, double
 /* Eigenvalues (ascending) into w and eigenvectors of the symmetric m x m matrix a,
  * whose upper triangle (row-major) is filled; on return row j of a is the
  * eigenvector of w[j]. */
-static graft_status sym_eigen(double *a, int64_t m, double *w)
+graft_status graft__sym_eigen(double *a, int64_t m, double *w)
 {
     if (m > INT32_MAX)
         return graft__fail(GRAFT_E_UNSUPPORTED, "logme: eigenproblem of size %lld too large",
@@ -112,7 +112,7 @@ graft_status graft__logme_spectrum_compute(const float *features, const int32_t 
     else /* F F^T (n, n) */
         cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)n, (blasint)d, 1.0, f,
                     (blasint)d, 0.0, gram, (blasint)n);
-    rc = sym_eigen(gram, m, w);
+    rc = graft__sym_eigen(gram, m, w);
     if (rc != GRAFT_OK)
         goto done;
 

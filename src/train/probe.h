@@ -79,6 +79,11 @@ double graft__logme_maximize(const double *sigma, const double *p2, int64_t k, i
 graft_status graft__logme(const float *features /* (n, d) */, const int32_t *labels /* (n) */,
                           int64_t n, int64_t d, int64_t classes, double *score);
 
+/* Eigenvalues (ascending) into w and eigenvectors of the symmetric m x m matrix a
+ * (row-major, upper triangle filled); on return row j of a is the eigenvector of
+ * w[j]. LAPACK dsyevd. */
+graft_status graft__sym_eigen(double *a, int64_t m, double *w);
+
 /* ---- linear probe ------------------------------------------------------------
  *
  * Multinomial logistic regression on standardised features
@@ -93,6 +98,11 @@ graft_status graft__logme(const float *features /* (n, d) */, const int32_t *lab
  * The returned weights/bias apply to RAW features: the standardisation is folded in,
  *   weights[j, k] = V[j, k] / s_j,  bias[k] = c[k] - sum_j mu_j V[j, k] / s_j,
  * so logits = x @ weights + bias, ready for a Dense layer's kernel (d, classes) and bias.
+ * When d > n the problem is solved exactly in the row space of z (the penalised
+ * optimum is V = z^T A, and L-BFGS from 0 stays there): with z z^T = U L U^T, the
+ * rows z' = U L^(1/2) (n, r) carry the same logits and the same penalty, so the fit
+ * costs r <= n columns instead of d (eigen-directions under 1e-12 of the largest
+ * are dropped).
  * *final_loss (may be NULL) is J at the solution (penalty included). l2 >= 0; with
  * l2 = 0 on separable data the weights grow until max_iter. */
 graft_status graft__linear_probe_fit(const float *x /* (n, d) */, const int32_t *y /* (n) */,

@@ -185,6 +185,61 @@ static graft_status check_probe_args(const float *x, const int32_t *y, int64_t n
     return GRAFT_OK;
 }
 
+/* The d > n case (see probe.h): fit on z' = U L^(1/2), then V = z^T U L^(-1/2) V'.
+ * theta (d + 1) * classes receives [V, c]. */
+static graft_status solve_in_row_space(const double *z, const int32_t *y, int64_t n, int64_t d,
+                                       int64_t classes, double l2, int max_iter, double *logits,
+                                       double *theta, double *final_loss)
+{
+    double *gram = graft__malloc((size_t)(n * n) * sizeof(double));
+    double *lambda = graft__malloc((size_t)n * sizeof(double));
+    double *zr = graft__malloc((size_t)(n * n) * sizeof(double));
+    double *coef = graft__calloc((size_t)(n * classes), sizeof(double));
+    double *theta_r = graft__malloc((size_t)((n + 1) * classes) * sizeof(double));
+    double *work = graft__malloc((size_t)((n + 1) * classes) * (2 * LBFGS_MEMORY + 4) *
+                                 sizeof(double));
+    graft_status rc = gram && lambda && zr && coef && theta_r && work
+                          ? GRAFT_OK : graft__fail(GRAFT_E_NOMEM, "linear probe: out of memory");
+    if (rc == GRAFT_OK) {
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)n, (blasint)d,
+                    1.0, z, (blasint)d, z, (blasint)d, 0.0, gram, (blasint)n);
+        rc = graft__sym_eigen(gram, n, lambda);
+    }
+    if (rc == GRAFT_OK) {
+        /* Keep the eigenvectors (rows of gram, ascending) above the cutoff, largest first. */
+        const double cutoff = 1e-12 * fmax(lambda[n - 1], 0.0);
+        int64_t r = 0;
+        for (int64_t j = n - 1; j >= 0 && lambda[j] > cutoff; j--, r++)
+            for (int64_t i = 0; i < n; i++)
+                zr[i * n + r] = gram[j * n + i] * sqrt(lambda[j]);
+        /* Compact zr to (n, r) rows. */
+        for (int64_t i = 0; i < n; i++)
+            memmove(zr + i * r, zr + i * n, (size_t)r * sizeof(double));
+        const problem p = {zr, y, n, r, classes, l2, logits};
+        const double f = lbfgs(&p, theta_r, max_iter, work);
+        if (final_loss)
+            *final_loss = f;
+        /* coef = U_r L^(-1/2) V' (n, classes); V = z^T coef. */
+        for (int64_t q = 0, j = n - 1; q < r; q++, j--) {
+            const double inv = 1.0 / sqrt(lambda[j]);
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t k = 0; k < classes; k++)
+                    coef[i * classes + k] += gram[j * n + i] * inv * theta_r[q * classes + k];
+        }
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)d, (blasint)classes,
+                    (blasint)n, 1.0, z, (blasint)d, coef, (blasint)classes, 0.0, theta,
+                    (blasint)classes);
+        memcpy(theta + d * classes, theta_r + r * classes, (size_t)classes * sizeof(double));
+    }
+    graft__free(gram);
+    graft__free(lambda);
+    graft__free(zr);
+    graft__free(coef);
+    graft__free(theta_r);
+    graft__free(work);
+    return rc;
+}
+
 graft_status graft__linear_probe_fit(const float *x, const int32_t *y, int64_t n, int64_t d,
                                      int64_t classes, double l2, int max_iter, float *weights,
                                      float *bias, double *final_loss)
@@ -228,10 +283,17 @@ graft_status graft__linear_probe_fit(const float *x, const int32_t *y, int64_t n
         for (int64_t j = 0; j < d; j++)
             z[i * d + j] = (x[i * d + j] - mu[j]) / sd[j];
 
-    const problem p = {z, y, n, d, classes, l2, logits};
-    const double f = lbfgs(&p, theta, max_iter, work);
-    if (final_loss)
-        *final_loss = f;
+    if (d > n) {
+        rc = solve_in_row_space(z, y, n, d, classes, l2, max_iter, logits, theta, final_loss);
+        if (rc != GRAFT_OK)
+            goto done;
+        /* theta now holds [V (d, classes), c]. */
+    } else {
+        const problem p = {z, y, n, d, classes, l2, logits};
+        const double f = lbfgs(&p, theta, max_iter, work);
+        if (final_loss)
+            *final_loss = f;
+    }
     /* Fold: logits = ((x - mu) / sd) V + c = x (V / sd) + (c - mu/sd . V). */
     for (int64_t k = 0; k < classes; k++) {
         double b = theta[d * classes + k];

@@ -109,7 +109,8 @@ static graft_status prepare_model(graft_model *m, graft_dataset *train, const gr
         rc = graft_model_set_input_size(m, want_h, want_w);
     *n_base_layers = m->n_layers;
     if (!rc)
-        rc = graft_model_add_classifier(m, graft_dataset_class_count(train), r->dropout, r->seed);
+        rc = graft_model_add_grid_classifier(m, graft_dataset_class_count(train), r->dropout,
+                                             r->head_grid, r->seed);
     if (!rc) {
         const char *names[4096];
         int64_t n = graft_dataset_class_count(train);
