@@ -263,8 +263,9 @@ typedef struct graft_train_config {
     int cache_float16;          /* store cached features as float16 (half the memory) */
     size_t cache_bytes;         /* RAM budget; beyond it, a memory-mapped temporary file */
     /* Batches prepared ahead by a background thread (fill, then mixing) while the
-     * current step computes; default 1; 0 = fill synchronously on the calling
-     * thread. Costs `prefetch` more batch buffers; results are bit-identical
+     * current step computes; 0 = fill synchronously on the calling thread; default
+     * -1 = 1 when the machine has a core beyond graft_threads(), else 0 (with both
+     * of 2 cores computing, the extra thread cost 3-17% in bench_data). Costs `prefetch` more batch buffers; results are bit-identical
      * either way. The thread's own OpenMP regions (e.g. graft_dataset_load's
      * decoding) use graft_threads() threads, as compute does, unless the
      * dataset's options set its decoding threads. */

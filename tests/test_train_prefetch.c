@@ -461,8 +461,8 @@ static void bad_prefetch_or_mix_settings_are_refused(void **state)
     graft_batch_source src = {N, source_fill, &s};
     graft_train_config c;
     graft_train_config_defaults(&c);
-    assert_int_equal(c.prefetch, 1);
-    c.prefetch = -1;
+    assert_int_equal(c.prefetch, -1); /* automatic */
+    c.prefetch = -2;
     assert_int_equal(graft_train(m, &src, NULL, &c, NULL), GRAFT_E_INVALID_ARG);
     assert_non_null(strstr(graft_last_error(), "prefetch"));
     c.prefetch = 1;

@@ -1,6 +1,7 @@
 #include "train/fit.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 #include <time.h>
 
@@ -33,7 +34,7 @@ void graft_train_config_defaults(graft_train_config *c)
     c->restore_best = 1;
     c->plateau_factor = 0.1;
     c->cache_bytes = (size_t)2 << 30;
-    c->prefetch = 1;
+    c->prefetch = -1;
 }
 
 static graft_status cached_fill(void *user, const int64_t *idx, int64_t n, int epoch, float *x,
@@ -98,8 +99,8 @@ static graft_status check_config(const graft_train_config *c)
     if (!(c->mixup >= 0.0 && isfinite(c->mixup)) || !(c->cutmix >= 0.0 && isfinite(c->cutmix)))
         return graft__fail(GRAFT_E_INVALID_ARG, "mixup %g and cutmix %g must be finite and >= 0",
                            c->mixup, c->cutmix);
-    if (c->prefetch < 0 || c->prefetch > GRAFT__MAX_PREFETCH)
-        return graft__fail(GRAFT_E_INVALID_ARG, "prefetch %d is outside 0..%d", c->prefetch,
+    if (c->prefetch < -1 || c->prefetch > GRAFT__MAX_PREFETCH)
+        return graft__fail(GRAFT_E_INVALID_ARG, "prefetch %d is outside -1..%d", c->prefetch,
                            GRAFT__MAX_PREFETCH);
     return GRAFT_OK;
 }
@@ -596,6 +597,8 @@ static graft_status fit_init(graft__fit *f, graft_model *model, const graft_batc
     memset(f, 0, sizeof *f);
     f->model = model;
     f->cfg = *config;
+    if (f->cfg.prefetch < 0)
+        f->cfg.prefetch = omp_get_num_procs() > graft_threads() ? 1 : 0;
     f->state.lr_scale = 1.0;
     int64_t h, w, ch;
     graft_status rc = check_config(config);
