@@ -230,6 +230,11 @@ static void auto_on_a_tiny_set_skips_fine_tuning_and_says_why(void **state)
     assert_int_equal(json_integer_value(json_object_get(config, "head_grid")), 2);
     assert_null(json_object_get(json_object_get(config, "auto_choices"), "head_grid"));
     json_decref(config);
+    /* A --cut given with --auto is kept, or refused when it is no candidate. */
+    snprintf(args, sizeof args, "train '%s' -o '%s' --size %d --auto --cut block_1_expand "
+             "--force", data, auto_out, NET);
+    assert_int_equal(run(args, err, sizeof err), 1);
+    assert_non_null(strstr(err, "--cut block_1_expand is not one of the"));
     /* The grid head (AveragePooling2D, Flatten) as TF.js reads it. */
     graft_model *m = NULL;
     assert_int_equal(graft_model_load(auto_out, &m), GRAFT_OK);

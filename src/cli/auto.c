@@ -159,6 +159,14 @@ static graft_status choose_head_grid(train_options *o, graft_model *m, graft_dat
     return GRAFT_OK;
 }
 
+static int best_logme(const candidate *c, int nc)
+{
+    int best = 0;
+    for (int i = 1; i < nc; i++)
+        best = c[i].logme > c[best].logme ? i : best;
+    return best;
+}
+
 void auto_plan_split(train_options *o, graft_dataset *all)
 {
     if (!o->auto_recipe || o->val || o->val_split_set)
@@ -250,11 +258,29 @@ int auto_choose(train_options *o, graft_dataset *train)
     } else {
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-        snprintf(o->cut, sizeof o->cut, "%s", c[best].layer);
-        o->recipe.cut = o->cut;
-        choose(o, "cut", json_string(o->cut), "cut at %s: best LogME (%.4f) of %d candidate "
-               "layers on the %lld training images (%.1f s)", o->cut, c[best].logme, nc,
-               (long long)n, s);
+        int given = -1, rank = 1;
+        for (int i = 0; o->cut_set && i < nc; i++)
+            given = !strcmp(c[i].layer, o->cut) ? i : given;
+        if (o->cut_set && given < 0) {
+            cli_error("--auto: --cut %s is not one of the %d candidate layers (see graft probe); "
+                      "pick one of them or drop --auto", o->cut, nc);
+            status = CLI_BAD_INPUT;
+        } else if (given >= 0) {
+            for (int i = 0; i < nc; i++)
+                rank += c[i].logme > c[given].logme;
+            best = given;
+            choose(o, "cut", json_string(o->cut), "cut at %s: as given (LogME %.4f, %d of %d "
+                   "candidate layers; the best is %s)", o->cut, c[best].logme, rank, nc,
+                   c[best_logme(c, nc)].layer);
+        } else {
+            snprintf(o->cut, sizeof o->cut, "%s", c[best].layer);
+            o->recipe.cut = o->cut;
+            choose(o, "cut", json_string(o->cut), "cut at %s: best LogME (%.4f) of %d candidate "
+                   "layers on the %lld training images (%.1f s)", o->cut, c[best].logme, nc,
+                   (long long)n, s);
+        }
+    }
+    if (status == CLI_OK && !rc) {
         if (choose_head_grid(o, m, train, &c[best]) != GRAFT_OK) {
             cli_error("--auto: %s", graft_last_error());
             status = CLI_BAD_INPUT;

@@ -37,7 +37,7 @@ const char train_options_help[] =
     "                          (see graft probe), the head's pooling grid by LogME, a\n"
     "                          linear-probe head, fine-tuning of two blocks\n"
     "                          only with validation images and 20+ per class; --no-auto turns it\n"
-    "                          off (the demo's default is on); --val-split, --head-grid,\n"
+    "                          off (the demo's default is on); --cut, --val-split, --head-grid,\n"
     "                          --fine-tune-at and --fine-tune-lr given explicitly are kept\n"
     "  --size S                train at SxS pixels (default: the base's input size)\n"
     "  --dropout P             dropout before the new classifier (default 0.2)\n"
@@ -184,7 +184,8 @@ static int apply(train_options *o, const char *name, const char *value)
     if (!strcmp(name, "--base")) return (o->base = value) ? 1 : -1;
     if (!strcmp(name, "--val")) return (o->val = value) ? 1 : -1;
     if (!strcmp(name, "--cut"))
-        return value ? (snprintf(o->cut, sizeof o->cut, "%s", value), r->cut = o->cut, 1) : -1;
+        return value ? (snprintf(o->cut, sizeof o->cut, "%s", value), r->cut = o->cut,
+                        o->cut_set = 1) : -1;
     if (!strcmp(name, "--fine-tune-at"))
         return value ? (snprintf(o->fine_tune_at, sizeof o->fine_tune_at, "%s", value),
                         r->fine_tune_at = o->fine_tune_at, o->fine_tune_at_set = 1) : -1;

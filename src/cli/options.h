@@ -16,7 +16,8 @@ typedef struct train_options {
     long threads;
     int json, quiet, force, auto_recipe;
     int val_split_set;     /* --val-split was given: --auto leaves it alone */
-    int fine_tune_lr_set, fine_tune_epochs_set, fine_tune_at_set, head_grid_set; /* likewise */
+    int fine_tune_lr_set, fine_tune_epochs_set, fine_tune_at_set, head_grid_set,
+        cut_set; /* likewise */
     json_t *auto_choices;  /* --auto's choices with their reasons, for config.json */
     json_t *config_root;   /* a --config file, kept while its strings are in use */
     graft_preprocess preprocess;
