@@ -51,22 +51,94 @@ static size_t node_saved_bytes(const graft_model *m, int i, int64_t batch)
     return layer->ops->saved_bytes ? layer->ops->saved_bytes(layer, &m->nodes[i].shape, batch) : 0;
 }
 
+typedef struct slot_pool {
+    size_t *bytes;
+    char *busy;
+    int n;
+} slot_pool;
+
+/* The free slot that fits best (the largest, grown, when none fits; a new one when
+ * all are busy). */
+static int slot_acquire(slot_pool *p, size_t bytes)
+{
+    int best = -1;
+    for (int s = 0; s < p->n; s++) {
+        if (p->busy[s])
+            continue;
+        int fits = p->bytes[s] >= bytes, best_fits = best >= 0 && p->bytes[best] >= bytes;
+        if (best < 0 || (fits && (!best_fits || p->bytes[s] < p->bytes[best])) ||
+            (!fits && !best_fits && p->bytes[s] > p->bytes[best]))
+            best = s;
+    }
+    if (best < 0)
+        best = p->n++;
+    if (p->bytes[best] < bytes)
+        p->bytes[best] = bytes;
+    p->busy[best] = 1;
+    return best;
+}
+
+/* Activation gradients live from the backward of a node's last consumer (which
+ * writes it first) to the node's own backward: replaying the backward order once
+ * assigns each a slot, reused after, so memory is the widest cut of live gradients
+ * rather than their sum (5.4 GB for full MobileNetV2 fine-tuning at batch 32 before). */
+static graft_status plan_gradient_slots(graft__train_graph *tg)
+{
+    const graft_model *m = tg->model;
+    const int n = m->n_nodes;
+    int *slot_of = graft__malloc(sizeof(int) * (size_t)n);
+    slot_pool pool = {graft__calloc((size_t)n, sizeof(size_t)), graft__calloc((size_t)n, 1), 0};
+    graft_status rc = slot_of && pool.bytes && pool.busy
+                          ? GRAFT_OK : graft__fail(GRAFT_E_NOMEM, "out of memory planning gradients");
+    for (int i = 0; !rc && i < n; i++) {
+        slot_of[i] = -1;
+        tg->first_writer[i] = -1;
+    }
+    const int out = m->output_node;
+#define NODE_BYTES(i) (sizeof(float) * (size_t)(tg->max_batch * graft__shape_elems(&m->nodes[i].shape)))
+    if (!rc && tg->needs_backward[out])
+        slot_of[out] = slot_acquire(&pool, NODE_BYTES(out));
+    for (int j = n - 1; !rc && j >= tg->first_backward; j--) {
+        if (!tg->needs_backward[j] || j == m->input_node)
+            continue;
+        for (int k = 0; k < m->nodes[j].n_inputs; k++) {
+            int src = m->nodes[j].inputs[k];
+            if (tg->needs_backward[src] && src != m->input_node && slot_of[src] < 0) {
+                slot_of[src] = slot_acquire(&pool, NODE_BYTES(src));
+                tg->first_writer[src] = j;
+            }
+        }
+        if (slot_of[j] >= 0)
+            pool.busy[slot_of[j]] = 0;
+    }
+#undef NODE_BYTES
+    if (!rc && !(tg->grad_slots = graft__calloc((size_t)(pool.n ? pool.n : 1), sizeof(float *))))
+        rc = graft__fail(GRAFT_E_NOMEM, "out of memory planning gradients");
+    for (int s = 0; !rc && s < pool.n; s++, tg->n_grad_slots++)
+        if (!(tg->grad_slots[s] = graft__malloc_aligned(pool.bytes[s])))
+            rc = graft__fail(GRAFT_E_NOMEM, "out of memory for activation gradients (%zu bytes)",
+                             pool.bytes[s]);
+    for (int i = 0; !rc && i < n; i++)
+        tg->d_act[i] = slot_of[i] >= 0 ? tg->grad_slots[slot_of[i]] : NULL;
+    graft__free(slot_of);
+    graft__free(pool.bytes);
+    graft__free(pool.busy);
+    return rc;
+}
+
 static graft_status alloc_node_buffers(graft__train_graph *tg)
 {
     const graft_model *m = tg->model;
-    for (int i = 0; i < m->n_nodes; i++) {
+    graft_status rc = plan_gradient_slots(tg);
+    for (int i = 0; !rc && i < m->n_nodes; i++) {
         if (!tg->needs_backward[i])
             continue;
-        size_t bytes = sizeof(float) * (size_t)(tg->max_batch * graft__shape_elems(&m->nodes[i].shape));
-        if (i != m->input_node && !(tg->d_act[i] = graft__malloc_aligned(bytes)))
-            return graft__fail(GRAFT_E_NOMEM, "out of memory for gradients of layer '%s'",
-                               m->nodes[i].layer->name);
         size_t saved = node_saved_bytes(m, i, tg->max_batch);
         if (saved && !(tg->saved[i] = graft__malloc_aligned(saved)))
             return graft__fail(GRAFT_E_NOMEM, "out of memory for layer '%s'",
                                m->nodes[i].layer->name);
     }
-    return GRAFT_OK;
+    return rc;
 }
 
 /* The frozen, deterministic nodes up to the cache boundary compute the same
@@ -106,10 +178,12 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     tg->needs_backward = graft__calloc(n, 1);
     tg->pinned = graft__calloc(n, 1);
     tg->d_act = graft__calloc(n, sizeof(float *));
+    tg->first_writer = graft__calloc(n, sizeof(int));
     tg->saved = graft__calloc(n, sizeof(void *));
     tg->n_grads = model->n_params;
     tg->grads = graft__malloc_aligned(sizeof(float) * (size_t)(model->n_params ? model->n_params : 1));
-    if (!tg->needs_backward || !tg->pinned || !tg->d_act || !tg->saved || !tg->grads) {
+    if (!tg->needs_backward || !tg->pinned || !tg->d_act || !tg->first_writer || !tg->saved ||
+        !tg->grads) {
         graft__train_graph_free(tg);
         return graft__fail(GRAFT_E_NOMEM, "out of memory preparing training");
     }
@@ -138,11 +212,12 @@ void graft__train_graph_free(graft__train_graph *tg)
 {
     if (!tg->model)
         return;
-    for (int i = 0; tg->d_act && i < tg->model->n_nodes; i++) {
-        graft__free_aligned(tg->d_act[i]);
-        if (tg->saved)
-            graft__free_aligned(tg->saved[i]);
-    }
+    for (int i = 0; tg->saved && i < tg->model->n_nodes; i++)
+        graft__free_aligned(tg->saved[i]);
+    for (int s = 0; s < tg->n_grad_slots; s++)
+        graft__free_aligned(tg->grad_slots[s]);
+    graft__free(tg->grad_slots);
+    graft__free(tg->first_writer);
     graft__free(tg->d_act);
     graft__free(tg->saved);
     graft__free(tg->needs_backward);
@@ -239,13 +314,17 @@ float *graft__train_output(graft__train_graph *tg)
     return activation(tg, tg->model->output_node, tg->input);
 }
 
-static void zero_activation_grads(graft__train_graph *tg, int64_t batch)
+/* Layers accumulate into their inputs' gradients: each starts at zero just
+ * before its first writer runs (its slot held another node's gradient before). */
+static void zero_input_grads(graft__train_graph *tg, int j, int64_t batch)
 {
     const graft_model *m = tg->model;
-    for (int i = 0; i < m->n_nodes; i++)
-        if (tg->d_act[i])
-            memset(tg->d_act[i], 0,
-                   sizeof(float) * (size_t)(batch * graft__shape_elems(&m->nodes[i].shape)));
+    for (int k = 0; k < m->nodes[j].n_inputs; k++) {
+        int src = m->nodes[j].inputs[k];
+        if (tg->first_writer[src] == j && tg->d_act[src])
+            memset(tg->d_act[src], 0,
+                   sizeof(float) * (size_t)(batch * graft__shape_elems(&m->nodes[src].shape)));
+    }
 }
 
 static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t seed, int logits)
@@ -290,10 +369,11 @@ void graft__train_backward(graft__train_graph *tg, const float *d_output, int64_
     int out = m->output_node;
     if (!tg->needs_backward[out])
         return;
-    zero_activation_grads(tg, batch);
     memcpy(tg->d_act[out], d_output,
            sizeof(float) * (size_t)(batch * graft__shape_elems(&m->nodes[out].shape)));
     for (int i = m->n_nodes - 1; i >= tg->first_backward; i--)
-        if (tg->needs_backward[i] && i != m->input_node)
+        if (tg->needs_backward[i] && i != m->input_node) {
+            zero_input_grads(tg, i, batch);
             backward_node(tg, i, batch, seed, logits_output && i == out);
+        }
 }

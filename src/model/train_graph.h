@@ -13,7 +13,10 @@ typedef struct graft__train_graph {
     char *needs_backward;  /* per node: it learns or a node feeding it does */
     char *pinned;          /* per node: activation kept for backward */
     graft__plan plan;      /* activations (pinned ones live through the pass) */
-    float **d_act;         /* per node gradient buffer, NULL when not needed */
+    float **d_act;         /* per node gradient buffer (a shared slot), NULL when not needed */
+    int *first_writer;     /* per node: the consumer whose backward writes d_act first */
+    float **grad_slots;    /* the buffers d_act points into, reused along the backward pass */
+    int n_grad_slots;
     void **saved;          /* per node forward-saved state, NULL when none */
     float *grads;          /* same layout as model->params; only trainable parts used */
     int64_t n_grads;
@@ -52,8 +55,9 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
 /* The final output of the last forward, (batch, output size). */
 float *graft__train_output(graft__train_graph *tg);
 
-/* Backward from d(loss)/d(final output); zeroes activation gradients first and
- * ACCUMULATES into tg->grads (the caller zeroes those per step). */
+/* Backward from d(loss)/d(final output); zeroes each activation gradient just
+ * before its first writer and ACCUMULATES into tg->grads (the caller zeroes those
+ * per step). */
 void graft__train_backward(graft__train_graph *tg, const float *d_output, int64_t batch,
                            uint64_t seed, int logits_output);
 
