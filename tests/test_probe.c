@@ -617,6 +617,36 @@ static void probe_wide_features_reach_the_full_optimum(void **state)
     }
 }
 
+/* The warm-started path gives each penalty's own optimum, on both solver paths
+ * (n > d and the row space). */
+static void probe_path_matches_separate_fits(void **state)
+{
+    static float x[WN * WD], wp[3 * WD * WC], w1[WD * WC];
+    float bp[3 * WC], b1[WC];
+    int32_t y[WN];
+    const double l2s[3] = {3.0, 0.3, 0.03};
+    const int64_t dims[2] = {WD, 5}; /* d > n, then d < n on the first 5 columns */
+    make_data(x, y, WN, WD, WC, 0.8, 11);
+    for (int c = 0; c < 2; c++) {
+        const int64_t d = dims[c];
+        static float xd[WN * WD];
+        for (int i = 0; i < WN; i++)
+            memcpy(xd + i * d, x + i * WD, sizeof(float) * (size_t)d);
+        double lp[3], l1;
+        assert_int_equal(graft__linear_probe_fit_path(xd, y, WN, d, WC, l2s, 3, 2000, wp, bp, lp),
+                         GRAFT_OK);
+        for (int g = 0; g < 3; g++) {
+            assert_int_equal(graft__linear_probe_fit(xd, y, WN, d, WC, l2s[g], 2000, w1, b1, &l1),
+                             GRAFT_OK);
+            assert_close(lp[g], l1, 1e-9);
+            for (int64_t j = 0; j < d * WC; j++)
+                assert_close(wp[g * d * WC + j], w1[j], 1e-4 * (1.0 + fabs(w1[j])));
+            for (int k = 0; k < WC; k++)
+                assert_close(bp[g * WC + k], b1[k], 1e-4 * (1.0 + fabs(b1[k])));
+        }
+    }
+}
+
 static void probe_constant_column_and_args(void **state)
 {
     float x[PN * PD], w[PD * PC], b[PC];
@@ -772,6 +802,7 @@ int main(void)
         cmocka_unit_test(probe_stationary_on_raw_features),
         cmocka_unit_test(probe_matches_gradient_descent),
         cmocka_unit_test(probe_wide_features_reach_the_full_optimum),
+        cmocka_unit_test(probe_path_matches_separate_fits),
         cmocka_unit_test(probe_constant_column_and_args),
         cmocka_unit_test(probe_cv_choice_and_determinism),
         cmocka_unit_test(probe_out_of_memory),

@@ -148,9 +148,12 @@ static graft_status choose_l2(const float *x, const int32_t *y, int64_t n, int64
     int32_t *yt = graft__malloc(sizeof(int32_t) * (size_t)n);
     float *xh = graft__malloc(sizeof(float) * (size_t)(n * d));
     int32_t *yh = graft__malloc(sizeof(int32_t) * (size_t)n);
-    float *w = graft__malloc(sizeof(float) * (size_t)(d * classes));
-    float *b = graft__malloc(sizeof(float) * (size_t)classes);
+    float *w = graft__malloc(sizeof(float) * (size_t)(n_grid * d * classes));
+    float *b = graft__malloc(sizeof(float) * (size_t)(n_grid * classes));
     double *loss = graft__calloc((size_t)n_grid, sizeof(double));
+    double descending[sizeof l2_grid / sizeof *l2_grid];
+    for (int g = 0; g < n_grid; g++)
+        descending[g] = l2_grid[n_grid - 1 - g];
     graft_status rc = fold_of && order && xt && yt && xh && yh && w && b && loss
                           ? GRAFT_OK : graft__fail(GRAFT_E_NOMEM, "out of memory for the head's CV");
     if (!rc)
@@ -165,13 +168,13 @@ static graft_status choose_l2(const float *x, const int32_t *y, int64_t n, int64
                 memcpy(xh + nh * d, x + i * d, sizeof(float) * (size_t)d);
                 yh[nh++] = y[i];
             }
+        /* Largest penalty first: each fit starts from the previous optimum. */
+        rc = graft__linear_probe_fit_path(xt, yt, nt, d, classes, descending, n_grid, CV_MAX_ITER,
+                                          w, b, NULL);
         for (int g = 0; !rc && g < n_grid; g++) {
-            rc = graft__linear_probe_fit(xt, yt, nt, d, classes, l2_grid[g], CV_MAX_ITER, w, b, NULL);
             double l, acc;
-            if (!rc) {
-                score(xh, yh, nh, d, classes, w, b, &l, &acc);
-                loss[g] += l * (double)nh;
-            }
+            score(xh, yh, nh, d, classes, w + (int64_t)g * d * classes, b + g * classes, &l, &acc);
+            loss[n_grid - 1 - g] += l * (double)nh;
         }
     }
     int best = 0;

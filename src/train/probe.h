@@ -110,6 +110,16 @@ graft_status graft__linear_probe_fit(const float *x /* (n, d) */, const int32_t 
                                      float *weights /* (d, classes) */, float *bias /* (classes) */,
                                      double *final_loss);
 
+/* The fit for each of l2s[0..n_l2) in that order, standardising (and reducing to
+ * the row space) once, each solve warm-started from the previous optimum (the
+ * objective is strictly convex for l2 > 0, so only the iterations change; order the
+ * penalties from large to small for the fewest). weights (n_l2, d, classes), bias
+ * (n_l2, classes), final_loss (n_l2) or NULL. */
+graft_status graft__linear_probe_fit_path(const float *x, const int32_t *y, int64_t n, int64_t d,
+                                          int64_t classes, const double *l2s, int n_l2,
+                                          int max_iter, float *weights, float *bias,
+                                          double *final_loss);
+
 /* Stratified k-fold cross-validation over l2_grid: each class's rows are shuffled
  * (seeded; SplitMix64) and dealt round-robin to the folds, continuing the count
  * across classes so fold sizes differ by at most one. Every (l2, fold) pair is fitted

@@ -80,7 +80,8 @@ static double dot(const double *a, const double *b, int64_t m)
 }
 
 /* Minimises from theta = 0; returns J at the end. work holds 2 * LBFGS_MEMORY + 4 vectors. */
-static double lbfgs(const problem *p, double *theta, int max_iter, double *work)
+/* From theta as given when warm, else from 0. */
+static double lbfgs(const problem *p, double *theta, int max_iter, double *work, int warm)
 {
     const int64_t m = (p->d + 1) * p->classes;
     double *s_mem = work, *y_mem = work + LBFGS_MEMORY * m;
@@ -88,7 +89,8 @@ static double lbfgs(const problem *p, double *theta, int max_iter, double *work)
     double rho[LBFGS_MEMORY], a[LBFGS_MEMORY];
     int stored = 0, head = 0; /* ring buffer: newest pair at (head - 1) mod MEMORY */
 
-    memset(theta, 0, (size_t)m * sizeof(double));
+    if (!warm)
+        memset(theta, 0, (size_t)m * sizeof(double));
     double f = loss_grad(p, theta, g);
     for (int it = 0; it < max_iter; it++) {
         const double gnorm = sqrt(dot(g, g, m));
@@ -185,81 +187,99 @@ static graft_status check_probe_args(const float *x, const int32_t *y, int64_t n
     return GRAFT_OK;
 }
 
-/* The d > n case (see probe.h): fit on z' = U L^(1/2), then V = z^T U L^(-1/2) V'.
- * theta (d + 1) * classes receives [V, c]. */
-static graft_status solve_in_row_space(const double *z, const int32_t *y, int64_t n, int64_t d,
-                                       int64_t classes, double l2, int max_iter, double *logits,
-                                       double *theta, double *final_loss)
+/* The row space of z when d > n (see probe.h): z' = U L^(1/2) (n, r) and the map
+ * back V = z^T U L^(-1/2) V'. */
+typedef struct row_space {
+    double *gram;   /* (n, n): rows are eigenvectors, ascending */
+    double *lambda; /* (n) */
+    double *zr;     /* (n, r) */
+    int64_t r;
+} row_space;
+
+static void row_space_free(row_space *rs)
 {
-    double *gram = graft__malloc((size_t)(n * n) * sizeof(double));
-    double *lambda = graft__malloc((size_t)n * sizeof(double));
-    double *zr = graft__malloc((size_t)(n * n) * sizeof(double));
-    double *coef = graft__calloc((size_t)(n * classes), sizeof(double));
-    double *theta_r = graft__malloc((size_t)((n + 1) * classes) * sizeof(double));
-    double *work = graft__malloc((size_t)((n + 1) * classes) * (2 * LBFGS_MEMORY + 4) *
-                                 sizeof(double));
-    graft_status rc = gram && lambda && zr && coef && theta_r && work
-                          ? GRAFT_OK : graft__fail(GRAFT_E_NOMEM, "linear probe: out of memory");
-    if (rc == GRAFT_OK) {
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)n, (blasint)d,
-                    1.0, z, (blasint)d, z, (blasint)d, 0.0, gram, (blasint)n);
-        rc = graft__sym_eigen(gram, n, lambda);
-    }
-    if (rc == GRAFT_OK) {
-        /* Keep the eigenvectors (rows of gram, ascending) above the cutoff, largest first. */
-        const double cutoff = 1e-12 * fmax(lambda[n - 1], 0.0);
-        int64_t r = 0;
-        for (int64_t j = n - 1; j >= 0 && lambda[j] > cutoff; j--, r++)
-            for (int64_t i = 0; i < n; i++)
-                zr[i * n + r] = gram[j * n + i] * sqrt(lambda[j]);
-        /* Compact zr to (n, r) rows. */
-        for (int64_t i = 0; i < n; i++)
-            memmove(zr + i * r, zr + i * n, (size_t)r * sizeof(double));
-        const problem p = {zr, y, n, r, classes, l2, logits};
-        const double f = lbfgs(&p, theta_r, max_iter, work);
-        if (final_loss)
-            *final_loss = f;
-        /* coef = U_r L^(-1/2) V' (n, classes); V = z^T coef. */
-        for (int64_t q = 0, j = n - 1; q < r; q++, j--) {
-            const double inv = 1.0 / sqrt(lambda[j]);
-            for (int64_t i = 0; i < n; i++)
-                for (int64_t k = 0; k < classes; k++)
-                    coef[i * classes + k] += gram[j * n + i] * inv * theta_r[q * classes + k];
-        }
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)d, (blasint)classes,
-                    (blasint)n, 1.0, z, (blasint)d, coef, (blasint)classes, 0.0, theta,
-                    (blasint)classes);
-        memcpy(theta + d * classes, theta_r + r * classes, (size_t)classes * sizeof(double));
-    }
-    graft__free(gram);
-    graft__free(lambda);
-    graft__free(zr);
-    graft__free(coef);
-    graft__free(theta_r);
-    graft__free(work);
-    return rc;
+    graft__free(rs->gram);
+    graft__free(rs->lambda);
+    graft__free(rs->zr);
 }
 
-graft_status graft__linear_probe_fit(const float *x, const int32_t *y, int64_t n, int64_t d,
-                                     int64_t classes, double l2, int max_iter, float *weights,
-                                     float *bias, double *final_loss)
+static graft_status row_space_make(const double *z, int64_t n, int64_t d, row_space *rs)
+{
+    rs->gram = graft__malloc((size_t)(n * n) * sizeof(double));
+    rs->lambda = graft__malloc((size_t)n * sizeof(double));
+    rs->zr = graft__malloc((size_t)(n * n) * sizeof(double));
+    rs->r = 0;
+    if (!rs->gram || !rs->lambda || !rs->zr)
+        return graft__fail(GRAFT_E_NOMEM, "linear probe: out of memory");
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)n, (blasint)d, 1.0,
+                z, (blasint)d, z, (blasint)d, 0.0, rs->gram, (blasint)n);
+    graft_status rc = graft__sym_eigen(rs->gram, n, rs->lambda);
+    if (rc != GRAFT_OK)
+        return rc;
+    /* The eigenvectors above the cutoff, largest first, scaled by sqrt(lambda). */
+    const double cutoff = 1e-12 * fmax(rs->lambda[n - 1], 0.0);
+    int64_t r = 0;
+    for (int64_t j = n - 1; j >= 0 && rs->lambda[j] > cutoff; j--)
+        r++;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t q = 0; q < r; q++)
+            rs->zr[i * r + q] = rs->gram[(n - 1 - q) * n + i] * sqrt(rs->lambda[n - 1 - q]);
+    rs->r = r;
+    return GRAFT_OK;
+}
+
+/* theta_r = [V' (r, classes), c] -> theta = [V (d, classes), c]; coef is (n, classes) scratch. */
+static void row_space_map_back(const row_space *rs, const double *z, int64_t n, int64_t d,
+                               int64_t classes, const double *theta_r, double *coef, double *theta)
+{
+    memset(coef, 0, (size_t)(n * classes) * sizeof(double));
+    for (int64_t q = 0; q < rs->r; q++) {
+        const double *u = rs->gram + (n - 1 - q) * n;
+        const double inv = 1.0 / sqrt(rs->lambda[n - 1 - q]);
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t k = 0; k < classes; k++)
+                coef[i * classes + k] += u[i] * inv * theta_r[q * classes + k];
+    }
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)d, (blasint)classes, (blasint)n,
+                1.0, z, (blasint)d, coef, (blasint)classes, 0.0, theta, (blasint)classes);
+    memcpy(theta + d * classes, theta_r + rs->r * classes, (size_t)classes * sizeof(double));
+}
+
+static graft_status check_fit_args(const float *x, const int32_t *y, int64_t n, int64_t d,
+                                   int64_t classes, const double *l2s, int n_l2, int max_iter,
+                                   const float *weights, const float *bias)
 {
     graft_status rc = check_probe_args(x, y, n, d, classes);
     if (rc != GRAFT_OK)
         return rc;
-    if (!weights || !bias)
-        return graft__fail(GRAFT_E_INVALID_ARG, "linear probe: NULL weights or bias");
-    if (!(l2 >= 0) || !isfinite(l2) || max_iter < 0)
-        return graft__fail(GRAFT_E_INVALID_ARG, "linear probe: l2 %g or max_iter %d invalid", l2,
-                           max_iter);
-    const int64_t m = (d + 1) * classes;
+    if (!weights || !bias || !l2s || n_l2 < 1)
+        return graft__fail(GRAFT_E_INVALID_ARG, "linear probe: NULL weights, bias or penalties");
+    for (int g = 0; g < n_l2; g++)
+        if (!(l2s[g] >= 0) || !isfinite(l2s[g]) || max_iter < 0)
+            return graft__fail(GRAFT_E_INVALID_ARG, "linear probe: l2 %g or max_iter %d invalid",
+                               l2s[g], max_iter);
+    return GRAFT_OK;
+}
+
+graft_status graft__linear_probe_fit_path(const float *x, const int32_t *y, int64_t n, int64_t d,
+                                          int64_t classes, const double *l2s, int n_l2,
+                                          int max_iter, float *weights, float *bias,
+                                          double *final_loss)
+{
+    graft_status rc = check_fit_args(x, y, n, d, classes, l2s, n_l2, max_iter, weights, bias);
+    if (rc != GRAFT_OK)
+        return rc;
+    const int64_t m = (d + 1) * classes, dm = d > n ? n : d, mr = (dm + 1) * classes;
     double *z = graft__malloc((size_t)(n * d) * sizeof(double));
     double *mu = graft__calloc((size_t)d, sizeof(double));
     double *sd = graft__calloc((size_t)d, sizeof(double));
     double *logits = graft__malloc((size_t)(n * classes) * sizeof(double));
     double *theta = graft__malloc((size_t)m * sizeof(double));
-    double *work = graft__malloc((size_t)m * (2 * LBFGS_MEMORY + 4) * sizeof(double));
-    if (!z || !mu || !sd || !logits || !theta || !work) {
+    double *theta_r = graft__malloc((size_t)mr * sizeof(double));
+    double *coef = graft__malloc((size_t)(n * classes) * sizeof(double));
+    double *work = graft__malloc((size_t)mr * (2 * LBFGS_MEMORY + 4) * sizeof(double));
+    row_space rs = {0};
+    if (!z || !mu || !sd || !logits || !theta || !theta_r || !coef || !work) {
         rc = graft__fail(GRAFT_E_NOMEM, "linear probe: out of memory");
         goto done;
     }
@@ -282,37 +302,54 @@ graft_status graft__linear_probe_fit(const float *x, const int32_t *y, int64_t n
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < d; j++)
             z[i * d + j] = (x[i * d + j] - mu[j]) / sd[j];
+    if (d > n && (rc = row_space_make(z, n, d, &rs)) != GRAFT_OK)
+        goto done;
 
-    if (d > n) {
-        rc = solve_in_row_space(z, y, n, d, classes, l2, max_iter, logits, theta, final_loss);
-        if (rc != GRAFT_OK)
-            goto done;
-        /* theta now holds [V (d, classes), c]. */
-    } else {
-        const problem p = {z, y, n, d, classes, l2, logits};
-        const double f = lbfgs(&p, theta, max_iter, work);
-        if (final_loss)
-            *final_loss = f;
-    }
-    /* Fold: logits = ((x - mu) / sd) V + c = x (V / sd) + (c - mu/sd . V). */
-    for (int64_t k = 0; k < classes; k++) {
-        double b = theta[d * classes + k];
-        for (int64_t j = 0; j < d; j++) {
-            const double wv = theta[j * classes + k] / sd[j];
-            weights[j * classes + k] = (float)wv;
-            b -= mu[j] * wv;
+    for (int g = 0; g < n_l2; g++) {
+        if (d > n) {
+            const problem p = {rs.zr, y, n, rs.r, classes, l2s[g], logits};
+            const double f = lbfgs(&p, theta_r, max_iter, work, g > 0);
+            if (final_loss)
+                final_loss[g] = f;
+            row_space_map_back(&rs, z, n, d, classes, theta_r, coef, theta);
+        } else {
+            const problem p = {z, y, n, d, classes, l2s[g], logits};
+            const double f = lbfgs(&p, theta, max_iter, work, g > 0);
+            if (final_loss)
+                final_loss[g] = f;
         }
-        bias[k] = (float)b;
+        /* Fold: logits = ((x - mu) / sd) V + c = x (V / sd) + (c - mu/sd . V). */
+        float *wg = weights + (int64_t)g * d * classes, *bg = bias + (int64_t)g * classes;
+        for (int64_t k = 0; k < classes; k++) {
+            double b = theta[d * classes + k];
+            for (int64_t j = 0; j < d; j++) {
+                const double wv = theta[j * classes + k] / sd[j];
+                wg[j * classes + k] = (float)wv;
+                b -= mu[j] * wv;
+            }
+            bg[k] = (float)b;
+        }
     }
 
 done:
+    row_space_free(&rs);
     graft__free(z);
     graft__free(mu);
     graft__free(sd);
     graft__free(logits);
     graft__free(theta);
+    graft__free(theta_r);
+    graft__free(coef);
     graft__free(work);
     return rc;
+}
+
+graft_status graft__linear_probe_fit(const float *x, const int32_t *y, int64_t n, int64_t d,
+                                     int64_t classes, double l2, int max_iter, float *weights,
+                                     float *bias, double *final_loss)
+{
+    return graft__linear_probe_fit_path(x, y, n, d, classes, &l2, 1, max_iter, weights, bias,
+                                        final_loss);
 }
 
 graft_status graft__linear_probe_cv(const float *x, const int32_t *y, int64_t n, int64_t d,
