@@ -47,15 +47,18 @@ static void choose(train_options *o, const char *key, json_t *value, const char 
 
 static int is_kind(const graft__layer *l, const char *cls) { return !strcmp(l->ops->class_name, cls); }
 
-/* A node reading a block's output (a merge, or a BatchNorm that feeds weights). */
+/* A layer with weights reading a block's output (a merge, or a BatchNorm): the
+ * first convolution of a block. (A merge reading a merge is a block's end.) */
 static int starts_block(const graft_model *m, int i)
 {
+    if (m->nodes[i].layer->n_weights == 0)
+        return 0;
     for (int k = 0; k < m->nodes[i].n_inputs; k++) {
         int src = m->nodes[i].inputs[k];
         const graft__layer *l = m->nodes[src].layer;
         if (is_kind(l, "Add") || is_kind(l, "Concatenate"))
             return 1;
-        if (is_kind(l, "BatchNormalization") && m->nodes[i].layer->n_weights > 0)
+        if (is_kind(l, "BatchNormalization"))
             return 1;
     }
     return 0;
