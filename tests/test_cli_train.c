@@ -242,6 +242,54 @@ static void auto_on_a_tiny_set_skips_fine_tuning_and_says_why(void **state)
     graft_model_free(m);
 }
 
+/* --auto with a holdout and 25 images per class fine-tunes, from the first
+ * convolution of the block below the cut's block (an *_expand layer, or the stem's
+ * Conv1 below the first block; never the merge that ends a block), and says so. */
+static void auto_with_validation_fine_tunes_from_a_block_start(void **state)
+{
+    char err[4096], args[1024], big[200], auto_out[200], text[16384];
+    snprintf(big, sizeof big, "%s/big", root);
+    mkdir(big, 0755);
+    for (int c = 0; c < CLASSES; c++) {
+        char dir[256], path[512];
+        snprintf(dir, sizeof dir, "%s/%s", big, class_names[c]);
+        mkdir(dir, 0755);
+        for (int k = 0; k < 25; k++) {
+            snprintf(path, sizeof path, "%s/%d.png", dir, k);
+            write_image(path, c, k % 12);
+        }
+    }
+    snprintf(auto_out, sizeof auto_out, "%s/auto_ft", root);
+    snprintf(args, sizeof args, "train '%s' -o '%s' --size %d --auto --val-split 0.2 "
+             "--fine-tune-epochs 1 --cache-views 1", big, auto_out, NET);
+    int status = run(args, err, sizeof err);
+    if (status != 0)
+        fail_msg("graft train --auto --val-split 0.2 exited %d: %s", status, err);
+    read_stdout(text, sizeof text);
+    assert_non_null(strstr(text, "auto: fine-tune from "));
+    json_t *config = load_json(auto_out, "config.json"), *metrics = load_json(auto_out, "metrics.json");
+    const char *at = json_string_value(auto_choice(config, "fine_tune_at"));
+    printf("    cut %s, fine-tune from %s\n", json_string_value(json_object_get(config, "cut")), at);
+    assert_true(strstr(at, "_expand") || !strcmp(at, "Conv1")); /* Conv1: below block 1 */
+    assert_null(strstr(at, "_add"));
+    assert_true(json_is_true(json_object_get(config, "fine_tune")));
+    assert_true(json_integer_value(json_object_get(metrics, "phase2_first_epoch")) >= 1);
+    json_decref(config);
+    json_decref(metrics);
+
+    /* At a cut inside block 13, whose block below (12) is residual and ends in
+     * block_12_add: fine-tuning starts at block_12_expand. */
+    snprintf(args, sizeof args, "train '%s' -o '%s' --size %d --auto --val-split 0.2 --force "
+             "--cut block_13_expand_relu --fine-tune-epochs 1 --cache-views 1", big, auto_out, NET);
+    status = run(args, err, sizeof err);
+    if (status != 0)
+        fail_msg("graft train --auto --cut exited %d: %s", status, err);
+    config = load_json(auto_out, "config.json");
+    assert_string_equal(json_string_value(auto_choice(config, "fine_tune_at")), "block_12_expand");
+    assert_string_equal(json_string_value(json_object_get(config, "cut")), "block_13_expand_relu");
+    json_decref(config);
+}
+
 /* predict reads graft's own folder: labels by name, CSV with a header. */
 static void predict_csv_names_the_classes(void **state)
 {
@@ -421,6 +469,7 @@ int main(void)
         cmocka_unit_test(train_writes_a_consistent_folder_tfjs_reproduces),
         cmocka_unit_test(predict_csv_names_the_classes),
         cmocka_unit_test(auto_on_a_tiny_set_skips_fine_tuning_and_says_why),
+        cmocka_unit_test(auto_with_validation_fine_tunes_from_a_block_start),
         cmocka_unit_test(config_json_repeats_the_run_exactly),
         cmocka_unit_test(probe_scores_named_layers),
         cmocka_unit_test(probe_val_split_scores_the_training_part),

@@ -204,6 +204,9 @@ static void choose_fine_tuning(train_options *o, const graft_model *m, int cut, 
     }
     if (!o->fine_tune_at_set) {
         int own = block_start(m, cut), below = own > 0 ? block_start(m, own - 1) : own;
+        /* Below the first block: the stem's first layer with weights. */
+        while (below < own && m->nodes[below].layer->n_weights == 0)
+            below++;
         snprintf(o->fine_tune_at, sizeof o->fine_tune_at, "%s", m->nodes[below].layer->name);
         o->recipe.fine_tune_at = o->fine_tune_at;
         choose(o, "fine_tune_at", json_string(o->fine_tune_at), "fine-tune from %s: the start "
