@@ -16,7 +16,10 @@
 #include "core/random.h"
 #include "train/probe.h"
 
-enum { BATCH = 32, MAX_FOLDS = 5, FIT_MAX_ITER = 1000, CV_MAX_ITER = 300 };
+/* The cross-validation only ranks penalties, each fit warm-started from the last:
+ * 100 iterations picked the same L2 (and the same test accuracy) as 300 on all six
+ * demo runs (K = 10 and 100, seeds 0-2) in a third of the time. */
+enum { BATCH = 32, MAX_FOLDS = 5, FIT_MAX_ITER = 1000, CV_MAX_ITER = 100 };
 
 /* Half decades over four decades. Below 1e-3 the few-shot problems are separable
  * and the fits only run to the iteration limit; on the Fashion-MNIST demo the
