@@ -45,7 +45,6 @@ static void choose(train_options *o, const char *key, json_t *value, const char 
     json_object_set_new(o->auto_choices, key, json_pack("{s:o,s:s}", "value", value, "reason", reason));
 }
 
-static int is_kind(const graft__layer *l, const char *cls) { return !strcmp(l->ops->class_name, cls); }
 
 /* A layer with weights reading a block's output (a merge, or a BatchNorm): the
  * first convolution of a block. (A merge reading a merge is a block's end.) */
@@ -55,10 +54,8 @@ static int starts_block(const graft_model *m, int i)
         return 0;
     for (int k = 0; k < m->nodes[i].n_inputs; k++) {
         int src = m->nodes[i].inputs[k];
-        const graft__layer *l = m->nodes[src].layer;
-        if (is_kind(l, "Add") || is_kind(l, "Concatenate"))
-            return 1;
-        if (is_kind(l, "BatchNormalization"))
+        if (graft__node_is(m, src, "Add") || graft__node_is(m, src, "Concatenate") ||
+            graft__node_is(m, src, "BatchNormalization"))
             return 1;
     }
     return 0;

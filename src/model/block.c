@@ -19,26 +19,6 @@
  * bytes of ring plus band that should stay within a core's L2. */
 enum { BAND_PIXELS = 48, BLOCK_L2_BYTES = 320 << 10 };
 
-/* The single reader of node i, or -1 when it has several, none, or i is the
- * model's output (whose value must be kept). */
-static int only_reader(const graft_model *m, int i)
-{
-    int reader = -1, n = 0;
-    if (i == m->output_node)
-        return -1;
-    for (int j = i + 1; j < m->n_nodes; j++)
-        for (int k = 0; k < m->nodes[j].n_inputs; k++)
-            if (m->nodes[j].inputs[k] == i) {
-                reader = j;
-                n++;
-            }
-    return n == 1 ? reader : -1;
-}
-
-static int is_kind(const graft_model *m, int i, const char *cls)
-{
-    return i >= 0 && !strcmp(m->nodes[i].layer->ops->class_name, cls);
-}
 
 static graft_conv_geom node_geom(const graft_model *m, int i)
 {
@@ -49,7 +29,7 @@ static graft_conv_geom node_geom(const graft_model *m, int i)
 /* A Conv2D that is a plain 1x1 (no stride, padding or dilation) and linear. */
 static int is_pointwise(const graft_model *m, int i)
 {
-    if (!is_kind(m, i, "Conv2D") || m->nodes[i].layer->ops->output_activation(m->nodes[i].layer))
+    if (!graft__node_is(m, i, "Conv2D") || m->nodes[i].layer->ops->output_activation(m->nodes[i].layer))
         return 0;
     graft_conv_geom g = node_geom(m, i);
     return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
@@ -60,10 +40,10 @@ static int is_pointwise(const graft_model *m, int i)
  * activation; -1 when conv is not followed by exactly that. */
 static int bn_relu_after(const graft_model *m, int conv, int *bn, graft__activation *act)
 {
-    *bn = only_reader(m, conv);
-    if (!is_kind(m, *bn, "BatchNormalization"))
+    *bn = graft__only_reader(m, conv);
+    if (!graft__node_is(m, *bn, "BatchNormalization"))
         return -1;
-    int relu = only_reader(m, *bn);
+    int relu = graft__only_reader(m, *bn);
     if (relu < 0)
         return -1;
     const graft__layer *l = m->nodes[relu].layer;
@@ -93,11 +73,11 @@ static int expand_conv_at(const graft_model *m, int i, int *pad_node, graft_conv
     int64_t pad[4] = {0, 0, 0, 0};
     int conv = i;
     *pad_node = -1;
-    if (is_kind(m, i, "ZeroPadding2D") && graft__zero_padding_amounts(m->nodes[i].layer, pad)) {
+    if (graft__node_is(m, i, "ZeroPadding2D") && graft__zero_padding_amounts(m->nodes[i].layer, pad)) {
         *pad_node = i;
-        conv = only_reader(m, i);
+        conv = graft__only_reader(m, i);
     }
-    if (!is_kind(m, conv, "Conv2D") ||
+    if (!graft__node_is(m, conv, "Conv2D") ||
         m->nodes[conv].layer->ops->output_activation(m->nodes[conv].layer))
         return -1;
     *g = node_geom(m, conv);
@@ -117,32 +97,32 @@ static int match_block(const graft_model *m, int i, block_nodes *b, graft__block
     if (b->expand >= 0) {
         if ((b->expand_relu = bn_relu_after(m, b->expand, &b->expand_bn, &blk->expand_act)) < 0)
             return 0;
-        next = only_reader(m, b->expand_relu);
+        next = graft__only_reader(m, b->expand_relu);
     }
-    if (is_kind(m, next, "ZeroPadding2D") && graft__zero_padding_amounts(m->nodes[next].layer,
+    if (graft__node_is(m, next, "ZeroPadding2D") && graft__zero_padding_amounts(m->nodes[next].layer,
                                                                           b->pad_amounts)) {
         b->pad = next;
-        next = only_reader(m, next);
+        next = graft__only_reader(m, next);
     }
-    if (!is_kind(m, next, "DepthwiseConv2D") ||
+    if (!graft__node_is(m, next, "DepthwiseConv2D") ||
         m->nodes[next].layer->ops->output_activation(m->nodes[next].layer))
         return 0;
     b->dw = next;
     if ((b->dw_relu = bn_relu_after(m, b->dw, &b->dw_bn, &blk->dw_act)) < 0)
         return 0;
-    b->project = only_reader(m, b->dw_relu);
+    b->project = graft__only_reader(m, b->dw_relu);
     if (!is_pointwise(m, b->project))
         return 0;
-    b->project_bn = only_reader(m, b->project);
-    if (!is_kind(m, b->project_bn, "BatchNormalization"))
+    b->project_bn = graft__only_reader(m, b->project);
+    if (!graft__node_is(m, b->project_bn, "BatchNormalization"))
         return 0;
     int first = b->expand_pad >= 0 ? b->expand_pad
                 : b->expand >= 0   ? b->expand
                 : b->pad >= 0      ? b->pad
                                    : b->dw;
     b->input = m->nodes[first].inputs[0];
-    int add = only_reader(m, b->project_bn);
-    if (is_kind(m, add, "Add") && m->nodes[add].n_inputs == 2) {
+    int add = graft__only_reader(m, b->project_bn);
+    if (graft__node_is(m, add, "Add") && m->nodes[add].n_inputs == 2) {
         const int *in = m->nodes[add].inputs;
         int other = in[0] == b->project_bn ? in[1] : in[0];
         if (other == b->input &&

@@ -12,24 +12,6 @@
 #include "kernels/gemm.h"
 #include "model/model.h"
 
-static int only_reader(const graft_model *m, int i)
-{
-    int reader = -1, n = 0;
-    if (i == m->output_node)
-        return -1;
-    for (int j = i + 1; j < m->n_nodes; j++)
-        for (int k = 0; k < m->nodes[j].n_inputs; k++)
-            if (m->nodes[j].inputs[k] == i) {
-                reader = j;
-                n++;
-            }
-    return n == 1 ? reader : -1;
-}
-
-static int is_kind(const graft_model *m, int i, const char *cls)
-{
-    return i >= 0 && !strcmp(m->nodes[i].layer->ops->class_name, cls);
-}
 
 /* ReLU layers and relu/relu6 Activations. */
 static int relu_layer(const graft__layer *l, graft__activation *act)
@@ -48,20 +30,20 @@ int graft__conv_step_find(const graft_model *m, int start, graft__conv_step *c, 
     memset(c, 0, sizeof *c);
     int64_t pad[4] = {0, 0, 0, 0};
     int conv = start, pad_node = -1;
-    if (is_kind(m, start, "ZeroPadding2D") &&
+    if (graft__node_is(m, start, "ZeroPadding2D") &&
         graft__zero_padding_amounts(m->nodes[start].layer, pad)) {
         pad_node = start;
-        conv = only_reader(m, start);
+        conv = graft__only_reader(m, start);
     }
-    if (!is_kind(m, conv, "Conv2D"))
+    if (!graft__node_is(m, conv, "Conv2D"))
         return 0;
     const graft__layer *layer = m->nodes[conv].layer;
     if (layer->ops->output_activation(layer) != GRAFT__ACT_LINEAR)
         return 0;
-    int bn = only_reader(m, conv);
-    if (!is_kind(m, bn, "BatchNormalization"))
+    int bn = graft__only_reader(m, conv);
+    if (!graft__node_is(m, bn, "BatchNormalization"))
         return 0;
-    int relu = only_reader(m, bn);
+    int relu = graft__only_reader(m, bn);
     c->act = GRAFT__ACT_LINEAR;
     if (relu < 0 || !relu_layer(m->nodes[relu].layer, &c->act))
         relu = -1;

@@ -545,3 +545,22 @@ void graft__graph_free(graft_model *m)
     m->params = NULL;
     m->n_nodes = m->n_layers = 0;
 }
+
+int graft__only_reader(const graft_model *m, int i)
+{
+    int reader = -1, n = 0;
+    if (i == m->output_node)
+        return -1;
+    for (int j = i + 1; j < m->n_nodes; j++)
+        for (int k = 0; k < m->nodes[j].n_inputs; k++)
+            if (m->nodes[j].inputs[k] == i) {
+                reader = j;
+                n++;
+            }
+    return n == 1 ? reader : -1;
+}
+
+int graft__node_is(const graft_model *m, int i, const char *cls)
+{
+    return i >= 0 && !strcmp(m->nodes[i].layer->ops->class_name, cls);
+}

@@ -115,6 +115,11 @@ graft_status graft__graph_build(graft_model *model, const json_t *model_config);
 graft_status graft__graph_alloc_params(graft_model *model);
 void graft__graph_free(graft_model *model);
 graft__layer *graft__graph_find_layer(graft_model *model, const char *name);
+/* The single reader of node i, or -1 when it has several, none, or i is the
+ * model's output (whose value must be kept). */
+int graft__only_reader(const graft_model *model, int i);
+/* Node i exists (i >= 0) and its layer is of Keras class cls. */
+int graft__node_is(const graft_model *model, int i, const char *cls);
 /* Creates a layer of a Keras class from its config and applies it once to the
  * given nodes (shape inference and weight declaration included). */
 graft_status graft__graph_add_layer(graft_model *model, const char *name, const char *class_name,

@@ -120,7 +120,13 @@ graft_status graft__linear_probe_fit_path(const float *x, const int32_t *y, int6
                                           int max_iter, float *weights, float *bias,
                                           double *final_loss);
 
-/* Stratified k-fold cross-validation over l2_grid: each class's rows are shuffled
+/* The fold of each row (fold_of, n): each class's rows shuffled (seeded;
+ * SplitMix64) and dealt round-robin to the folds, the count carried across classes
+ * so fold sizes differ by at most one. order is scratch of n entries. */
+void graft__stratified_folds(const int32_t *y, int64_t n, int64_t classes, int folds,
+                             uint64_t seed, int64_t *order, int *fold_of);
+
+/* Stratified k-fold cross-validation over l2_grid (graft__stratified_folds): each class's rows are shuffled
  * (seeded; SplitMix64) and dealt round-robin to the folds, continuing the count
  * across classes so fold sizes differ by at most one. Every (l2, fold) pair is fitted
  * with graft__linear_probe_fit (max_iter 1000) on the other folds and scored by

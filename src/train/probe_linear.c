@@ -352,6 +352,28 @@ graft_status graft__linear_probe_fit(const float *x, const int32_t *y, int64_t n
                                         final_loss);
 }
 
+void graft__stratified_folds(const int32_t *y, int64_t n, int64_t classes, int folds,
+                             uint64_t seed, int64_t *order, int *fold_of)
+{
+    int64_t dealt = 0;
+    for (int64_t c = 0; c < classes; c++) {
+        int64_t count = 0;
+        for (int64_t i = 0; i < n; i++)
+            if (y[i] == c)
+                order[count++] = i;
+        const uint64_t cs = graft__seed_derive(seed, (uint64_t)c);
+        for (int64_t i = count - 1; i > 0; i--) { /* Fisher-Yates */
+            const int64_t j = (int64_t)(graft__mix64(cs ^ graft__mix64((uint64_t)i)) %
+                                        (uint64_t)(i + 1));
+            const int64_t tmp = order[i];
+            order[i] = order[j];
+            order[j] = tmp;
+        }
+        for (int64_t i = 0; i < count; i++)
+            fold_of[order[i]] = (int)(dealt++ % folds);
+    }
+}
+
 graft_status graft__linear_probe_cv(const float *x, const int32_t *y, int64_t n, int64_t d,
                                     int64_t classes, int folds, const double *l2_grid, int n_grid,
                                     uint64_t seed, double *best_l2, double *cv_accuracy)
@@ -379,25 +401,7 @@ graft_status graft__linear_probe_cv(const float *x, const int32_t *y, int64_t n,
         rc = graft__fail(GRAFT_E_NOMEM, "linear probe cv: out of memory");
         goto done;
     }
-    /* Stratified assignment: each class's rows in a seeded random order, dealt to the
-     * folds round-robin with the counter carried across classes. */
-    int64_t dealt = 0;
-    for (int64_t c = 0; c < classes; c++) {
-        int64_t cnt = 0;
-        for (int64_t i = 0; i < n; i++)
-            if (y[i] == c)
-                order[cnt++] = i;
-        const uint64_t cs = graft__seed_derive(seed, (uint64_t)c);
-        for (int64_t i = cnt - 1; i > 0; i--) { /* Fisher-Yates */
-            const int64_t j = (int64_t)(graft__mix64(cs ^ graft__mix64((uint64_t)i)) %
-                                        (uint64_t)(i + 1));
-            const int64_t tmp = order[i];
-            order[i] = order[j];
-            order[j] = tmp;
-        }
-        for (int64_t i = 0; i < cnt; i++)
-            fold_of[order[i]] = (int)(dealt++ % folds);
-    }
+    graft__stratified_folds(y, n, classes, folds, seed, order, fold_of);
 
     for (int f = 0; f < folds; f++) {
         int64_t nt = 0;
