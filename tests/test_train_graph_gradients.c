@@ -77,14 +77,19 @@ static void write_model(const char *dir)
 
 /* Through the training graph's own forward: the inference plan may keep packed
  * copies of the weights made when it was planned. */
-static double scalar(graft__train_graph *tg, const float *x, const float *r)
+static double scalar_mode(graft__train_graph *tg, const float *x, const float *r, int training)
 {
-    graft__train_forward(tg, x, BATCH, 0, 7, 0);
+    graft__train_forward(tg, x, BATCH, training, 7, 0);
     const float *out = graft__train_output(tg);
     double s = 0.0;
     for (int i = 0; i < BATCH * CLASSES; i++)
         s += (double)out[i] * r[i];
     return s;
+}
+
+static double scalar(graft__train_graph *tg, const float *x, const float *r)
+{
+    return scalar_mode(tg, x, r, 0);
 }
 
 static void residual_graph_gradients_match_finite_differences(void **state)
@@ -138,10 +143,184 @@ static void residual_graph_gradients_match_finite_differences(void **state)
     tmw_remove(dir);
 }
 
+/* An inverted-residual-like net whose BatchNorms absorb the ReLU6 / ReLU after
+ * them in training (the ReLUs' passes skipped), one BatchNorm with no ReLU, and
+ * a ReLU read twice:
+ *   x -> conv a -> a_bn -> ReLU6 -> dw 3x3 -> dw_bn -> Activation relu
+ *     -> conv p -> p_bn -> add(a_relu, p_bn) -> GAP -> Dense. */
+enum { BH = 5, BW = 4, BC = 3 };
+
+static void add_bn(json_t *layers, tmw_weights *w, const char *name, const char *input)
+{
+    json_array_append_new(layers, tmw_layer("BatchNormalization", name,
+                                            json_pack("{s:i,s:f}", "axis", -1, "epsilon", 1e-3),
+                                            TMW_INPUTS(input)));
+    const char *parts[] = {"gamma", "beta", "moving_mean", "moving_variance"};
+    /* gamma up to 4: normalised values reach past ReLU6's 6 */
+    const float lo[] = {0.5f, -0.5f, -0.5f, 0.2f}, hi[] = {4.0f, 1.0f, 0.5f, 1.5f};
+    for (int i = 0; i < 4; i++) {
+        float v[BC];
+        for (int c = 0; c < BC; c++)
+            v[c] = lo[i] + (hi[i] - lo[i]) * 0.5f * (rnd() + 1.0f);
+        char key[64];
+        snprintf(key, sizeof key, "%s/%s", name, parts[i]);
+        assert_true(tmw_add_weight(w, key, v, 1, (int64_t[]){BC}));
+    }
+}
+
+static void add_pointwise(json_t *layers, tmw_weights *w, const char *name, const char *input,
+                          int cin)
+{
+    float kernel[BC * BC];
+    for (int i = 0; i < cin * BC; i++)
+        kernel[i] = rnd();
+    json_array_append_new(layers, tmw_layer("Conv2D", name,
+        json_pack("{s:i,s:i,s:b}", "filters", BC, "kernel_size", 1, "use_bias", 0),
+        TMW_INPUTS(input)));
+    char key[64];
+    snprintf(key, sizeof key, "%s/kernel", name);
+    assert_true(tmw_add_weight(w, key, kernel, 4, (int64_t[]){1, 1, cin, BC}));
+}
+
+static void write_bn_model(const char *dir)
+{
+    tmw_weights w;
+    tmw_weights_init(&w);
+    json_t *layers = json_array();
+    json_array_append_new(layers, tmw_input_layer("input_1", 3, (int64_t[]){BH, BW, CIN}));
+    add_pointwise(layers, &w, "a", "input_1", CIN);
+    add_bn(layers, &w, "a_bn", "a");
+    json_array_append_new(layers, tmw_layer("ReLU", "a_relu", json_pack("{s:f}", "max_value", 6.0),
+                                            TMW_INPUTS("a_bn")));
+    json_array_append_new(layers, tmw_layer("DepthwiseConv2D", "dw",
+        json_pack("{s:[i,i],s:s,s:b}", "kernel_size", 3, 3, "padding", "same", "use_bias", 0),
+        TMW_INPUTS("a_relu")));
+    float dk[9 * BC];
+    for (int i = 0; i < 9 * BC; i++)
+        dk[i] = rnd();
+    assert_true(tmw_add_weight(&w, "dw/depthwise_kernel", dk, 4, (int64_t[]){3, 3, BC, 1}));
+    add_bn(layers, &w, "dw_bn", "dw");
+    json_array_append_new(layers, tmw_layer("Activation", "dw_relu",
+                                            json_pack("{s:s}", "activation", "relu"),
+                                            TMW_INPUTS("dw_bn")));
+    add_pointwise(layers, &w, "p", "dw_relu", BC);
+    add_bn(layers, &w, "p_bn", "p");
+    json_array_append_new(layers, tmw_layer("Add", "add", json_object(),
+                                            TMW_INPUTS("a_relu", "p_bn")));
+    json_array_append_new(layers, tmw_layer("GlobalAveragePooling2D", "gap", json_object(),
+                                            TMW_INPUTS("add")));
+    json_array_append_new(layers, tmw_layer("Dense", "out",
+        json_pack("{s:i,s:s}", "units", CLASSES, "activation", "linear"), TMW_INPUTS("gap")));
+    float kernel[BC * CLASSES], bias[CLASSES];
+    for (int i = 0; i < BC * CLASSES; i++)
+        kernel[i] = rnd();
+    for (int i = 0; i < CLASSES; i++)
+        bias[i] = 0.1f * rnd();
+    assert_true(tmw_add_weight(&w, "out/kernel", kernel, 2, (int64_t[]){BC, CLASSES}));
+    assert_true(tmw_add_weight(&w, "out/bias", bias, 1, (int64_t[]){CLASSES}));
+    assert_true(tmw_write(dir, tmw_functional("bn", layers, "input_1", "out"), 1, &w));
+    tmw_weights_free(&w);
+}
+
+static int node_named(const graft_model *m, const char *name)
+{
+    for (int i = 0; i < m->n_nodes; i++)
+        if (!strcmp(m->nodes[i].layer->name, name))
+            return i;
+    fail_msg("no node %s", name);
+    return -1;
+}
+
+/* Batch statistics (training forward, which only moves the moving statistics)
+ * or moving statistics (bn_inference). Moving statistics are state, not
+ * parameters: their gradients are 0 and so are their differences under batch
+ * statistics. */
+static void bn_graph_case(int bn_inference)
+{
+    char dir[] = "/tmp/graft-graph-bn-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    write_bn_model(dir);
+    graft_model *m = NULL;
+    assert_int_equal(graft_model_load(dir, &m), GRAFT_OK);
+    enum { N = BATCH * BH * BW * CIN };
+    float x[N], r[BATCH * CLASSES];
+    for (int i = 0; i < N; i++)
+        x[i] = 2.0f * rnd();
+    for (int i = 0; i < BATCH * CLASSES; i++)
+        r[i] = rnd();
+    graft__train_graph tg;
+    assert_int_equal(graft__train_graph_init(&tg, m, BATCH, bn_inference), GRAFT_OK);
+    assert_int_equal(tg.absorbed_by[node_named(m, "a_relu")], node_named(m, "a_bn"));
+    assert_int_equal(tg.absorbed_by[node_named(m, "dw_relu")], node_named(m, "dw_bn"));
+    assert_int_equal(tg.absorbs[node_named(m, "p_bn")], -1);
+    const int training = !bn_inference;
+    for (int pass = 0; pass < 2; pass++) {
+        memset(tg.grads, 0, sizeof(float) * (size_t)tg.n_grads);
+        graft__train_forward(&tg, x, BATCH, 1, 7, 0);
+        graft__train_backward(&tg, r, BATCH, 7, 0);
+    }
+    const double h = 1.0 / 512.0;
+    double worst = 0.0, scale = 0.0;
+    for (int64_t p = 0; p < m->n_params; p++)
+        scale = fmax(scale, fabs(tg.grads[p]));
+    int64_t kinks = 0, checked = 0;
+    assert_true(m->n_params > 0);
+    char *learns = calloc((size_t)m->n_params + 1, 1);
+    for (int i = 0; i < m->n_nodes; i++) {
+        const graft__layer *l = m->nodes[i].layer;
+        for (int k = 0; k < l->n_weights; k++)
+            if (graft__weight_learns(l, k))
+                memset(learns + l->weights[k].offset, 1,
+                       (size_t)graft__shape_elems(&l->weights[k].shape));
+    }
+    for (int64_t p = 0; p < m->n_params; p++) {
+        if (!learns[p])
+            continue;
+        checked++;
+        const float keep = m->params[p];
+        m->params[p] = keep + (float)h;
+        double up = scalar_mode(&tg, x, r, training);
+        m->params[p] = keep - (float)h;
+        double down = scalar_mode(&tg, x, r, training);
+        m->params[p] = keep;
+        double mid = scalar_mode(&tg, x, r, training);
+        double numeric = (up - down) / (2.0 * h);
+        /* A ReLU kink inside [-h, h] bends the difference: seen as the two
+         * one-sided slopes disagreeing; such parameters are left out. */
+        if (fabs((up - mid) - (mid - down)) / h > 1e-2 * fmax(1.0, scale)) {
+            kinks++;
+            continue;
+        }
+        worst = fmax(worst, fabs(numeric - tg.grads[p]));
+    }
+    printf("    bn_inference %d: %lld parameters (%lld at a kink): max |analytic - numeric| %.3g "
+           "(largest gradient %.3g)\n", bn_inference, (long long)checked, (long long)kinks,
+           worst, scale);
+    free(learns);
+    assert_true(scale > 0.05);
+    assert_true(checked > 50 && kinks < checked / 10);
+    assert_true(worst < 2e-3 * fmax(1.0, scale));
+    graft__train_graph_free(&tg);
+    graft_model_free(m);
+    tmw_remove(dir);
+}
+
+static void absorbed_relu_gradients_match_finite_differences_batch_stats(void **state)
+{
+    bn_graph_case(0);
+}
+
+static void absorbed_relu_gradients_match_finite_differences_moving_stats(void **state)
+{
+    bn_graph_case(1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(residual_graph_gradients_match_finite_differences),
+        cmocka_unit_test(absorbed_relu_gradients_match_finite_differences_batch_stats),
+        cmocka_unit_test(absorbed_relu_gradients_match_finite_differences_moving_stats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
 
 #include "core/alloc.h"
 #include "core/error.h"
+#include "kernels/batch_norm.h"
 #include "layers/layer.h"
 
 typedef struct batch_norm_config {
@@ -53,13 +54,16 @@ static graft_status batch_norm_infer(graft__layer *layer, int n_inputs, const gr
     return rc;
 }
 
+/* Five float vectors (padded to 8 floats, so what follows is 32-byte aligned),
+ * two double vectors, then the kernels' per-part sums. */
+static size_t floats_bytes(int64_t ch) { return sizeof(float) * (size_t)((5 * ch + 7) / 8 * 8); }
+
 static size_t batch_norm_scratch(const graft__layer *layer, int n_inputs, const graft__shape *in,
                                  const graft__shape *out, int64_t batch)
 {
-    /* two float vectors (8-byte aligned end: 2*ch floats), two double vectors,
-     * then backward's three float vectors */
-    size_t ch = (size_t)in[0].dim[in[0].rank - 1];
-    return 5 * ch * sizeof(float) + 2 * ch * sizeof(double);
+    int64_t ch = in[0].dim[in[0].rank - 1];
+    int64_t rows = batch * graft__shape_elems(&in[0]) / ch;
+    return floats_bytes(ch) + 2 * sizeof(double) * (size_t)ch + graft_f32_bn_scratch_bytes(rows, ch);
 }
 
 /* The four per-channel vectors, absent ones NULL. */
@@ -77,39 +81,6 @@ static bn_weights weights_of(const graft__layer *layer)
     w.mean = layer->weights[i++].data;
     w.var = layer->weights[i].data;
     return w;
-}
-
-/* Per-channel mean and biased variance over rows, in double, column tiles per
- * thread so the sums do not depend on the thread count. */
-static void channel_moments(const float *x, int64_t rows, int64_t ch, double *mean, double *var)
-{
-    enum { TILE = 64 };
-#pragma omp parallel for schedule(static)
-    for (int64_t c0 = 0; c0 < ch; c0 += TILE) {
-        int64_t width = ch - c0 < TILE ? ch - c0 : TILE;
-        double sum[TILE] = {0}, sq[TILE] = {0};
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t j = 0; j < width; j++)
-                sum[j] += x[r * ch + c0 + j];
-        for (int64_t j = 0; j < width; j++)
-            mean[c0 + j] = sum[j] / (double)rows;
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t j = 0; j < width; j++) {
-                double d = x[r * ch + c0 + j] - mean[c0 + j];
-                sq[j] += d * d;
-            }
-        for (int64_t j = 0; j < width; j++)
-            var[c0 + j] = sq[j] / (double)rows;
-    }
-}
-
-static void apply_affine(const float *x, float *y, const float *mul, const float *add,
-                         int64_t rows, int64_t ch)
-{
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < ch; j++)
-            y[r * ch + j] = x[r * ch + j] * mul[j] + add[j];
 }
 
 extern const graft__layer_ops graft__batch_norm_layer_ops;
@@ -148,9 +119,9 @@ static void batch_norm_forward(const graft__layer *layer, const graft__forward_a
     int64_t rows = a->batch * graft__shape_elems(s) / ch;
     bn_weights w = weights_of(layer);
     float *mul = a->scratch, *add = mul + ch;
-    double *bmean = (double *)(add + ch), *bvar = bmean + ch;
+    double *bmean = (double *)((char *)a->scratch + floats_bytes(ch)), *bvar = bmean + ch;
     if (a->batch_stats)
-        channel_moments(a->inputs[0], rows, ch, bmean, bvar);
+        graft_f32_channel_moments(a->inputs[0], rows, ch, bmean, bvar, bvar + ch);
     for (int64_t j = 0; j < ch; j++) {
         double mean = a->batch_stats ? bmean[j] : w.mean[j];
         double var = a->batch_stats ? bvar[j] : w.var[j];
@@ -168,11 +139,12 @@ static void batch_norm_forward(const graft__layer *layer, const graft__forward_a
             }
         }
     }
-    apply_affine(a->inputs[0], a->output, mul, add, rows, ch);
+    graft_f32_scale_shift_act(a->inputs[0], a->output, mul, add, rows, ch, a->epilogue);
 }
 
-/* With xhat = (x - mean) * inv:  dgamma = sum dy xhat, dbeta = sum dy, and
- * dx = gamma inv (dy - [batch stats] (sum dy + xhat sum dy xhat) / rows). */
+/* With g = dy (times the absorbed ReLU's derivative) and xhat = (x - mean) inv:
+ * dgamma = sum g xhat, dbeta = sum g, and
+ * dx = gamma inv (g - [batch stats] (sum g + xhat sum g xhat) / rows). */
 static void batch_norm_backward(const graft__layer *layer, const graft__backward_args *a)
 {
     const batch_norm_config *c = layer->config;
@@ -180,70 +152,36 @@ static void batch_norm_backward(const graft__layer *layer, const graft__backward
     int64_t ch = s->dim[s->rank - 1];
     int64_t rows = a->batch * graft__shape_elems(s) / ch;
     bn_weights w = weights_of(layer);
-    float *mean = a->scratch, *inv = mean + ch;
-    double *sum_dy = (double *)(inv + ch), *sum_dy_xhat = sum_dy + ch;
+    float *mean = a->scratch, *inv = mean + ch, *g = inv + ch, *mdy = g + ch, *mdx = mdy + ch;
+    double *sum_dy = (double *)((char *)a->scratch + floats_bytes(ch)), *sum_dy_xhat = sum_dy + ch;
     for (int64_t j = 0; j < ch; j++) {
         mean[j] = a->batch_stats ? ((const float *)a->saved)[j] : w.mean[j];
         inv[j] = a->batch_stats ? ((const float *)a->saved)[ch + j]
                                 : (float)(1.0 / sqrt((double)w.var[j] + c->epsilon));
     }
-    const float *x = a->inputs[0], *dy = a->d_output;
-    /* Sums per channel tile, so they do not depend on the thread count; float
-     * partial sums over ROWS rows (vectorised), added into doubles between. */
-    enum { TILE = 64, ROWS = 32 };
-#pragma omp parallel for schedule(static)
-    for (int64_t c0 = 0; c0 < ch; c0 += TILE) {
-        int64_t width = ch - c0 < TILE ? ch - c0 : TILE;
-        double s1[TILE] = {0}, s2[TILE] = {0};
-        for (int64_t r0 = 0; r0 < rows; r0 += ROWS) {
-            float p1[TILE] = {0}, p2[TILE] = {0};
-            int64_t r1 = rows - r0 < ROWS ? rows : r0 + ROWS;
-            for (int64_t r = r0; r < r1; r++) {
-                const float *dyr = dy + r * ch + c0, *xr = x + r * ch + c0;
-                for (int64_t j = 0; j < width; j++) {
-                    p1[j] += dyr[j];
-                    p2[j] += dyr[j] * ((xr[j] - mean[c0 + j]) * inv[c0 + j]);
-                }
-            }
-            for (int64_t j = 0; j < width; j++) {
-                s1[j] += p1[j];
-                s2[j] += p2[j];
-            }
-        }
-        for (int64_t j = 0; j < width; j++) {
-            sum_dy[c0 + j] = s1[j];
-            sum_dy_xhat[c0 + j] = s2[j];
-        }
-    }
     int wi = 0;
     float *d_gamma = c->scale ? a->d_weights[wi++] : NULL;
     float *d_beta = c->center ? a->d_weights[wi++] : NULL;
+    float *dx = a->d_inputs[0];
+    const float *x = a->inputs[0];
+    if (d_gamma || d_beta || (dx && a->batch_stats))
+        graft_f32_bn_backward_sums(x, a->output, a->d_output, a->epilogue, mean, inv, rows, ch,
+                                   sum_dy, sum_dy_xhat, sum_dy_xhat + ch);
     for (int64_t j = 0; j < ch; j++) {
         if (d_gamma)
             d_gamma[j] += (float)sum_dy_xhat[j];
         if (d_beta)
             d_beta[j] += (float)sum_dy[j];
     }
-    float *dx = a->d_inputs[0];
     if (!dx)
         return;
-    /* Per channel: dx += g * (dy - mean_dy - xhat * mean_dy_xhat), the two means
-     * zero without batch statistics; in float per element, so it vectorises. */
-    float *g = (float *)(sum_dy_xhat + ch), *mdy = g + ch, *mdx = mdy + ch;
     for (int64_t j = 0; j < ch; j++) {
         g[j] = (w.gamma ? w.gamma[j] : 1.0f) * inv[j];
         mdy[j] = a->batch_stats ? (float)(sum_dy[j] / (double)rows) : 0.0f;
         mdx[j] = a->batch_stats ? (float)(sum_dy_xhat[j] / (double)rows) : 0.0f;
     }
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *dyr = dy + r * ch, *xr = x + r * ch;
-        float *dxr = dx + r * ch;
-        for (int64_t j = 0; j < ch; j++) {
-            float xhat = (xr[j] - mean[j]) * inv[j];
-            dxr[j] += g[j] * (dyr[j] - mdy[j] - xhat * mdx[j]);
-        }
-    }
+    graft_f32_bn_backward_input(x, a->output, a->d_output, a->epilogue, mean, inv, g, mdy, mdx,
+                                rows, ch, dx, !(a->fresh & 1u));
 }
 
 const graft__layer_ops graft__batch_norm_layer_ops = {
@@ -254,4 +192,6 @@ const graft__layer_ops graft__batch_norm_layer_ops = {
     .forward = batch_norm_forward,
     .saved_bytes = batch_norm_saved,
     .backward = batch_norm_backward,
+    .absorbs_relu = 1,
+    .writes_fresh_grads = 1,
 };

@@ -63,12 +63,14 @@ typedef struct graft__forward_args {
     /* Inference fusion (set only for kinds with fold_affine): use these weights
      * instead of the layer's own, then apply `epilogue` in place. */
     const float *folded_kernel, *folded_bias;
+    /* Also a ReLU(6) absorbed in training by kinds with absorbs_relu: output is
+     * then the ReLU's. */
     graft__activation epilogue;
 } graft__forward_args;
 
 /* Gradients flow backward by accumulation: every d* buffer is added to, never
  * overwritten, so fan-out and several batches sum without extra passes; the
- * trainer zeroes them. A NULL d_inputs[i] or d_weights[w] means that gradient is
+ * trainer zeroes them (or, for a first writer that can, sets `fresh`). A NULL d_inputs[i] or d_weights[w] means that gradient is
  * not wanted (a frozen input branch or a frozen weight) and is not computed. */
 typedef struct graft__backward_args {
     int64_t batch;
@@ -85,6 +87,11 @@ typedef struct graft__backward_args {
     const void *saved;              /* what forward saved */
     uint64_t seed;                  /* as in the forward call */
     int logits;                     /* as in forward: d_output is w.r.t. the logits */
+    /* The ReLU(6) absorbed in forward: output and d_output are the ReLU's. */
+    graft__activation epilogue;
+    /* Bit i set: d_inputs[i] holds stale values to be overwritten, not added to
+     * (set only for kinds with writes_fresh_grads; others find it zeroed). */
+    unsigned fresh;
 } graft__backward_args;
 
 struct graft__layer_ops {
@@ -115,6 +122,11 @@ struct graft__layer_ops {
     /* The window geometry over an input of this shape and batch (convolution
      * kinds, for executors that run them their own way); NULL for other kinds. */
     graft_conv_geom (*conv_geom)(const graft__layer *layer, const graft__shape *in, int64_t batch);
+    /* Training may hand the kind a following ReLU or ReLU6 as `epilogue` (forward
+     * and backward), saving that layer's passes over memory. */
+    int absorbs_relu;
+    /* Backward honours `fresh`, so the trainer need not zero those gradients. */
+    int writes_fresh_grads;
 };
 
 /* The kind for a Keras class name, or NULL. */

@@ -13,17 +13,6 @@
 #include "model/model.h"
 
 
-/* ReLU layers and relu/relu6 Activations. */
-static int relu_layer(const graft__layer *l, graft__activation *act)
-{
-    if (graft__relu_as_activation(l, act))
-        return 1;
-    if (strcmp(l->ops->class_name, "Activation") || !l->ops->output_activation)
-        return 0;
-    *act = l->ops->output_activation(l);
-    return *act == GRAFT__ACT_RELU || *act == GRAFT__ACT_RELU6;
-}
-
 int graft__conv_step_find(const graft_model *m, int start, graft__conv_step *c, int *members,
                           int *n_members)
 {
@@ -45,7 +34,7 @@ int graft__conv_step_find(const graft_model *m, int start, graft__conv_step *c, 
         return 0;
     int relu = graft__only_reader(m, bn);
     c->act = GRAFT__ACT_LINEAR;
-    if (relu < 0 || !relu_layer(m->nodes[relu].layer, &c->act))
+    if (relu < 0 || !graft__relu_epilogue(m->nodes[relu].layer, &c->act))
         relu = -1;
     /* The geometry over the padded input, its padding moved onto the unpadded. */
     c->g = layer->ops->conv_geom(layer, &m->nodes[m->nodes[conv].inputs[0]].shape, 1);

@@ -564,3 +564,16 @@ int graft__node_is(const graft_model *m, int i, const char *cls)
 {
     return i >= 0 && !strcmp(m->nodes[i].layer->ops->class_name, cls);
 }
+
+int graft__relu_epilogue(const graft__layer *layer, graft__activation *act)
+{
+    if (!strcmp(layer->ops->class_name, "Activation") && layer->ops->output_activation) {
+        graft__activation a = layer->ops->output_activation(layer);
+        if (a == GRAFT__ACT_RELU || a == GRAFT__ACT_RELU6) {
+            *act = a;
+            return 1;
+        }
+        return 0;
+    }
+    return graft__relu_as_activation(layer, act);
+}

@@ -118,6 +118,9 @@ graft__layer *graft__graph_find_layer(graft_model *model, const char *name);
 /* The single reader of node i, or -1 when it has several, none, or i is the
  * model's output (whose value must be kept). */
 int graft__only_reader(const graft_model *model, int i);
+/* A ReLU layer without slope or threshold (max 6 or none), or an Activation
+ * relu/relu6: its activation, to run inside the layer before it. */
+int graft__relu_epilogue(const graft__layer *layer, graft__activation *act);
 /* Node i exists (i >= 0) and its layer is of Keras class cls. */
 int graft__node_is(const graft_model *model, int i, const char *cls);
 /* Creates a layer of a Keras class from its config and applies it once to the

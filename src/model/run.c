@@ -140,20 +140,6 @@ static int consumers(const graft_model *m, int node, int *only)
     return n;
 }
 
-/* ReLU(6) and plain ReLU layers, and Activation relu/relu6, as an epilogue. */
-static int relu_epilogue(const graft__layer *layer, graft__activation *act)
-{
-    if (!strcmp(layer->ops->class_name, "Activation") && layer->ops->output_activation) {
-        graft__activation a = layer->ops->output_activation(layer);
-        if (a == GRAFT__ACT_RELU || a == GRAFT__ACT_RELU6) {
-            *act = a;
-            return 1;
-        }
-        return 0;
-    }
-    return graft__relu_as_activation(layer, act);
-}
-
 /* Layers that may overwrite their input when nothing else reads it. */
 static int elementwise(const graft__layer *layer)
 {
@@ -290,7 +276,7 @@ static graft_status analyse_fusion(const graft_model *m, graft__plan *p)
             p->interior[i] = 1;
             graft__activation act;
             if (next != m->output_node && consumers(m, next, &after) == 1 &&
-                relu_epilogue(m->nodes[after].layer, &act)) {
+                graft__relu_epilogue(m->nodes[after].layer, &act)) {
                 p->epilogue[i] = act;
                 p->skip[after] = 1;
                 p->owner[after] = i;

@@ -45,6 +45,41 @@ static void mark_backward(graft__train_graph *tg)
     tg->pinned[m->output_node] = 1;
 }
 
+/* A BatchNorm that runs backward computes the ReLU(6) that alone reads it, in
+ * both passes: one pass over memory each way instead of two (the ReLU passes
+ * were a fifth of full fine-tuning), and the BatchNorm's own output is not kept. */
+static void plan_absorbed_relus(graft__train_graph *tg)
+{
+    const graft_model *m = tg->model;
+    for (int i = 0; i < m->n_nodes; i++)
+        tg->absorbed_by[i] = tg->absorbs[i] = -1;
+    for (int b = 0; b < m->n_nodes; b++) {
+        int r = graft__only_reader(m, b);
+        graft__activation act;
+        if (!tg->needs_backward[b] || !m->nodes[b].layer->ops->absorbs_relu || r < 0 ||
+            m->nodes[r].n_inputs != 1 || !graft__relu_epilogue(m->nodes[r].layer, &act))
+            continue;
+        tg->absorbs[b] = r;
+        tg->absorbed_by[r] = b;
+        tg->pinned[b] = 0;
+        tg->pinned[r] = 1;
+    }
+}
+
+static graft__activation absorbed_act(const graft__train_graph *tg, int b)
+{
+    graft__activation act = GRAFT__ACT_LINEAR;
+    if (tg->absorbs[b] >= 0)
+        graft__relu_epilogue(tg->model->nodes[tg->absorbs[b]].layer, &act);
+    return act;
+}
+
+/* The node whose value (and gradient) node i's forward writes: its absorbed ReLU's. */
+static int written_by(const graft__train_graph *tg, int i)
+{
+    return tg->absorbs[i] >= 0 ? tg->absorbs[i] : i;
+}
+
 static size_t node_saved_bytes(const graft_model *m, int i, int64_t batch)
 {
     const graft__layer *layer = m->nodes[i].layer;
@@ -99,7 +134,8 @@ static graft_status plan_gradient_slots(graft__train_graph *tg)
     if (!rc && tg->needs_backward[out])
         slot_of[out] = slot_acquire(&pool, NODE_BYTES(out));
     for (int j = n - 1; !rc && j >= tg->first_backward; j--) {
-        if (!tg->needs_backward[j] || j == m->input_node)
+        /* An absorbed ReLU's gradient lives on to its BatchNorm's backward. */
+        if (!tg->needs_backward[j] || j == m->input_node || tg->absorbed_by[j] >= 0)
             continue;
         for (int k = 0; k < m->nodes[j].n_inputs; k++) {
             int src = m->nodes[j].inputs[k];
@@ -108,8 +144,8 @@ static graft_status plan_gradient_slots(graft__train_graph *tg)
                 tg->first_writer[src] = j;
             }
         }
-        if (slot_of[j] >= 0)
-            pool.busy[slot_of[j]] = 0;
+        if (slot_of[written_by(tg, j)] >= 0)
+            pool.busy[slot_of[written_by(tg, j)]] = 0;
     }
 #undef NODE_BYTES
     if (!rc && !(tg->grad_slots = graft__calloc((size_t)(pool.n ? pool.n : 1), sizeof(float *))))
@@ -180,15 +216,18 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     tg->d_act = graft__calloc(n, sizeof(float *));
     tg->first_writer = graft__calloc(n, sizeof(int));
     tg->saved = graft__calloc(n, sizeof(void *));
+    tg->absorbed_by = graft__calloc(n, sizeof(int));
+    tg->absorbs = graft__calloc(n, sizeof(int));
     tg->n_grads = model->n_params;
     tg->grads = graft__malloc_aligned(sizeof(float) * (size_t)(model->n_params ? model->n_params : 1));
     if (!tg->needs_backward || !tg->pinned || !tg->d_act || !tg->first_writer || !tg->saved ||
-        !tg->grads) {
+        !tg->absorbed_by || !tg->absorbs || !tg->grads) {
         graft__train_graph_free(tg);
         return graft__fail(GRAFT_E_NOMEM, "out of memory preparing training");
     }
     memset(tg->grads, 0, sizeof(float) * (size_t)model->n_params);
     mark_backward(tg);
+    plan_absorbed_relus(tg);
     graft_status rc = GRAFT_OK;
     for (int i = 0; i < model->n_nodes && !rc; i++)
         if (tg->needs_backward[i] && i != model->input_node && !model->nodes[i].layer->ops->backward)
@@ -218,6 +257,8 @@ void graft__train_graph_free(graft__train_graph *tg)
         graft__free_aligned(tg->grad_slots[s]);
     graft__free(tg->grad_slots);
     graft__free(tg->first_writer);
+    graft__free(tg->absorbed_by);
+    graft__free(tg->absorbs);
     graft__free(tg->d_act);
     graft__free(tg->saved);
     graft__free(tg->needs_backward);
@@ -284,6 +325,8 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
         first = tg->fused_end;
     }
     for (int i = first + 1; i < m->n_nodes; i++) {
+        if (tg->absorbed_by[i] >= 0)
+            continue;
         const graft__node *node = &m->nodes[i];
         const float *inputs[64];
         graft__shape in_shapes[64];
@@ -296,7 +339,7 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
             .n_inputs = node->n_inputs,
             .inputs = inputs,
             .in_shapes = in_shapes,
-            .output = activation(tg, i, input),
+            .output = activation(tg, written_by(tg, i), input),
             .out_shape = &node->shape,
             .scratch = tg->plan.scratch,
             .training = training,
@@ -304,6 +347,7 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
             .saved = training ? tg->saved[i] : NULL,
             .seed = graft__seed_derive(seed, (uint64_t)i),
             .logits = logits_output && i == m->output_node,
+            .epilogue = absorbed_act(tg, i),
         };
         node->layer->ops->forward(node->layer, &args);
     }
@@ -315,19 +359,31 @@ float *graft__train_output(graft__train_graph *tg)
 }
 
 /* Layers accumulate into their inputs' gradients: each starts at zero just
- * before its first writer runs (its slot held another node's gradient before). */
-static void zero_input_grads(graft__train_graph *tg, int j, int64_t batch)
+ * before its first writer runs (its slot held another node's gradient before),
+ * or the first writer, when its kind can, overwrites it. Returns the inputs to
+ * overwrite (bit k: input k, its first occurrence). */
+static unsigned start_input_grads(graft__train_graph *tg, int j, int64_t batch)
 {
     const graft_model *m = tg->model;
-    for (int k = 0; k < m->nodes[j].n_inputs; k++) {
-        int src = m->nodes[j].inputs[k];
-        if (tg->first_writer[src] == j && tg->d_act[src])
+    const int can_overwrite = m->nodes[j].layer->ops->writes_fresh_grads;
+    unsigned fresh = 0;
+    for (int k = 0; k < m->nodes[j].n_inputs && k < 32; k++) {
+        int src = m->nodes[j].inputs[k], seen = 0;
+        for (int e = 0; e < k; e++)
+            seen |= m->nodes[j].inputs[e] == src;
+        if (tg->first_writer[src] != j || !tg->d_act[src] || seen)
+            continue;
+        if (can_overwrite)
+            fresh |= 1u << k;
+        else
             memset(tg->d_act[src], 0,
                    sizeof(float) * (size_t)(batch * graft__shape_elems(&m->nodes[src].shape)));
     }
+    return fresh;
 }
 
-static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t seed, int logits)
+static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t seed, int logits,
+                          unsigned fresh)
 {
     graft_model *m = tg->model;
     const graft__node *node = &m->nodes[i];
@@ -348,9 +404,9 @@ static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t
         .n_inputs = node->n_inputs,
         .inputs = inputs,
         .in_shapes = in_shapes,
-        .output = activation(tg, i, tg->input),
+        .output = activation(tg, written_by(tg, i), tg->input),
         .out_shape = &node->shape,
-        .d_output = tg->d_act[i],
+        .d_output = tg->d_act[written_by(tg, i)],
         .d_inputs = d_inputs,
         .d_weights = d_weights,
         .scratch = tg->plan.scratch,
@@ -358,6 +414,8 @@ static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t
         .saved = tg->saved[i],
         .seed = graft__seed_derive(seed, (uint64_t)i),
         .logits = logits,
+        .epilogue = absorbed_act(tg, i),
+        .fresh = fresh,
     };
     layer->ops->backward(layer, &args);
 }
@@ -372,8 +430,8 @@ void graft__train_backward(graft__train_graph *tg, const float *d_output, int64_
     memcpy(tg->d_act[out], d_output,
            sizeof(float) * (size_t)(batch * graft__shape_elems(&m->nodes[out].shape)));
     for (int i = m->n_nodes - 1; i >= tg->first_backward; i--)
-        if (tg->needs_backward[i] && i != m->input_node) {
-            zero_input_grads(tg, i, batch);
-            backward_node(tg, i, batch, seed, logits_output && i == out);
+        if (tg->needs_backward[i] && i != m->input_node && tg->absorbed_by[i] < 0) {
+            unsigned fresh = start_input_grads(tg, i, batch);
+            backward_node(tg, i, batch, seed, logits_output && i == out, fresh);
         }
 }

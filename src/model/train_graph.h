@@ -17,6 +17,8 @@ typedef struct graft__train_graph {
     int *first_writer;     /* per node: the consumer whose backward writes d_act first */
     float **grad_slots;    /* the buffers d_act points into, reused along the backward pass */
     int n_grad_slots;
+    int *absorbed_by;      /* per node: the BatchNorm that computes this ReLU in training, or -1 */
+    int *absorbs;          /* per node: the ReLU this BatchNorm computes, or -1 */
     void **saved;          /* per node forward-saved state, NULL when none */
     float *grads;          /* same layout as model->params; only trainable parts used */
     int64_t n_grads;

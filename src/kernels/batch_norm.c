@@ -1,0 +1,288 @@
+#include "kernels/batch_norm.h"
+
+#include <omp.h>
+
+#include "kernels/simd.h"
+
+static inline float act_grad_from_output(graft__activation act, float y)
+{
+    if (act == GRAFT__ACT_RELU)
+        return y > 0.0f ? 1.0f : 0.0f;
+    if (act == GRAFT__ACT_RELU6)
+        return y > 0.0f && y < 6.0f ? 1.0f : 0.0f;
+    return 1.0f;
+}
+
+static inline float act_apply(graft__activation act, float v)
+{
+    if (act == GRAFT__ACT_LINEAR)
+        return v;
+    v = v > 0.0f ? v : 0.0f;
+    return act == GRAFT__ACT_RELU6 && v > 6.0f ? 6.0f : v;
+}
+
+void graft_f32_channel_moments__ref(const float *x, int64_t rows, int64_t ch, double *mean,
+                                    double *var)
+{
+    for (int64_t c = 0; c < ch; c++) {
+        double s = 0.0, q = 0.0;
+        for (int64_t r = 0; r < rows; r++)
+            s += x[r * ch + c];
+        mean[c] = s / (double)rows;
+        for (int64_t r = 0; r < rows; r++) {
+            double d = x[r * ch + c] - mean[c];
+            q += d * d;
+        }
+        var[c] = q / (double)rows;
+    }
+}
+
+void graft_f32_scale_shift_act__ref(const float *x, float *y, const float *mul, const float *add,
+                                    int64_t rows, int64_t ch, graft__activation act)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < ch; c++)
+            y[r * ch + c] = act_apply(act, x[r * ch + c] * mul[c] + add[c]);
+}
+
+void graft_f32_bn_backward_sums__ref(const float *x, const float *y, const float *dy,
+                                     graft__activation act, const float *mean, const float *inv,
+                                     int64_t rows, int64_t ch, double *sum_g, double *sum_gx)
+{
+    for (int64_t c = 0; c < ch; c++) {
+        double s = 0.0, sx = 0.0;
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t i = r * ch + c;
+            double g = (double)dy[i] * act_grad_from_output(act, y[i]);
+            s += g;
+            sx += g * (((double)x[i] - mean[c]) * inv[c]);
+        }
+        sum_g[c] = s;
+        sum_gx[c] = sx;
+    }
+}
+
+void graft_f32_bn_backward_input__ref(const float *x, const float *y, const float *dy,
+                                      graft__activation act, const float *mean, const float *inv,
+                                      const float *scale, const float *mg, const float *mgx,
+                                      int64_t rows, int64_t ch, float *dx, int accumulate)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < ch; c++) {
+            int64_t i = r * ch + c;
+            double g = (double)dy[i] * act_grad_from_output(act, y[i]);
+            double xhat = ((double)x[i] - mean[c]) * inv[c];
+            float v = (float)(scale[c] * (g - mg[c] - xhat * mgx[c]));
+            dx[i] = accumulate ? dx[i] + v : v;
+        }
+}
+
+/* The rows split into at most PARTS parts of at least PART_MIN rows, each
+ * summed into doubles of its own and the parts merged in order: the same
+ * result on any number of threads. Within a part, float partial sums over
+ * BLOCK rows of a TILE of channels (in L1) go into the doubles. */
+enum { PARTS = 64, PART_MIN = 512, BLOCK = 32, TILE = 256 };
+
+static int64_t parts_of(int64_t rows)
+{
+    int64_t p = rows / PART_MIN;
+    return p < 1 ? 1 : p > PARTS ? PARTS : p;
+}
+
+size_t graft_f32_bn_scratch_bytes(int64_t rows, int64_t ch)
+{
+    return sizeof(double) * 2 * (size_t)(parts_of(rows) * ch);
+}
+
+/* a = act'(y) as 0/1 lanes times dy, for the linear case dy itself. */
+static inline graft_vf vgrad(graft__activation act, graft_vf y, graft_vf dy)
+{
+    if (act == GRAFT__ACT_LINEAR)
+        return dy;
+    graft_vi on = y > graft_vsplat(0.0f);
+    if (act == GRAFT__ACT_RELU6)
+        on &= y < graft_vsplat(6.0f);
+    return (graft_vf)((graft_vi)dy & on);
+}
+
+/* Mean and squared deviations of rows [r0, r1) x channels [c0, c0 + w), merged
+ * into the part's running (n, mean, m2). Deviations from the block's first row,
+ * exact in float for nearby values, keep a mean far from zero from swamping them. */
+static void moments_block(const float *x, int64_t ch, int64_t r0, int64_t r1, int64_t c0,
+                          int64_t w, int64_t n_before, double *mean, double *m2)
+{
+    float s[TILE], q[TILE];
+    const float *x0 = x + r0 * ch + c0;
+    const int64_t nb = r1 - r0;
+    for (int64_t j = 0; j < w; j++)
+        s[j] = q[j] = 0.0f;
+    for (int64_t r = r0 + 1; r < r1; r++) {
+        const float *xr = x + r * ch + c0;
+        int64_t j = 0;
+        for (; j + GRAFT_VL <= w; j += GRAFT_VL)
+            graft_vstore(s + j, graft_vload(s + j) + (graft_vload(xr + j) - graft_vload(x0 + j)));
+        for (; j < w; j++)
+            s[j] += xr[j] - x0[j];
+    }
+    const float inv_nb = 1.0f / (float)nb;
+    for (int64_t j = 0; j < w; j++)
+        s[j] *= inv_nb;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = x + r * ch + c0;
+        int64_t j = 0;
+        for (; j + GRAFT_VL <= w; j += GRAFT_VL) {
+            graft_vf d = (graft_vload(xr + j) - graft_vload(x0 + j)) - graft_vload(s + j);
+            graft_vstore(q + j, graft_vload(q + j) + d * d);
+        }
+        for (; j < w; j++) {
+            float d = (xr[j] - x0[j]) - s[j];
+            q[j] += d * d;
+        }
+    }
+    const double n = (double)(n_before + nb), f = (double)nb / n,
+                 g = (double)n_before * (double)nb / n;
+    for (int64_t j = 0; j < w; j++) {
+        double delta = ((double)x0[j] + (double)s[j]) - mean[j];
+        mean[j] += delta * f;
+        m2[j] += (double)q[j] + delta * delta * g;
+    }
+}
+
+void graft_f32_channel_moments(const float *x, int64_t rows, int64_t ch, double *mean,
+                               double *var, void *scratch)
+{
+    const int64_t parts = parts_of(rows);
+    double *pm = scratch, *pq = pm + parts * ch;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < parts; p++) {
+        int64_t r0 = rows * p / parts, r1 = rows * (p + 1) / parts;
+        double *m = pm + p * ch, *q = pq + p * ch;
+        for (int64_t c = 0; c < ch; c++)
+            m[c] = q[c] = 0.0;
+        for (int64_t b = r0; b < r1; b += BLOCK) {
+            int64_t b1 = r1 - b < BLOCK ? r1 : b + BLOCK;
+            for (int64_t c0 = 0; c0 < ch; c0 += TILE)
+                moments_block(x, ch, b, b1, c0, ch - c0 < TILE ? ch - c0 : TILE, b - r0,
+                              m + c0, q + c0);
+        }
+    }
+    for (int64_t c = 0; c < ch; c++) {
+        double m = 0.0, q = 0.0;
+        int64_t n = 0;
+        for (int64_t p = 0; p < parts; p++) {
+            int64_t np = rows * (p + 1) / parts - rows * p / parts;
+            double delta = pm[p * ch + c] - m, total = (double)(n + np);
+            m += delta * (double)np / total;
+            q += pq[p * ch + c] + delta * delta * (double)n * (double)np / total;
+            n += np;
+        }
+        mean[c] = m;
+        var[c] = q / (double)rows;
+    }
+}
+
+void graft_f32_scale_shift_act(const float *x, float *y, const float *mul, const float *add,
+                               int64_t rows, int64_t ch, graft__activation act)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * ch;
+        float *yr = y + r * ch;
+        int64_t c = 0;
+        for (; c + GRAFT_VL <= ch; c += GRAFT_VL) {
+            graft_vf v = graft_vload(xr + c) * graft_vload(mul + c) + graft_vload(add + c);
+            if (act == GRAFT__ACT_RELU)
+                v = graft_vrelu(v);
+            else if (act == GRAFT__ACT_RELU6)
+                v = graft_vrelu6(v);
+            graft_vstore(yr + c, v);
+        }
+        for (; c < ch; c++)
+            yr[c] = act_apply(act, xr[c] * mul[c] + add[c]);
+    }
+}
+
+static void sums_block(const float *x, const float *y, const float *dy, graft__activation act,
+                       const float *mean, const float *inv, int64_t ch, int64_t r0, int64_t r1,
+                       int64_t c0, int64_t w, double *sum_g, double *sum_gx)
+{
+    float s[TILE], sx[TILE];
+    for (int64_t j = 0; j < w; j++)
+        s[j] = sx[j] = 0.0f;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t o = r * ch + c0;
+        int64_t j = 0;
+        for (; j + GRAFT_VL <= w; j += GRAFT_VL) {
+            graft_vf g = vgrad(act, graft_vload(y + o + j), graft_vload(dy + o + j));
+            graft_vf xhat = (graft_vload(x + o + j) - graft_vload(mean + c0 + j)) *
+                            graft_vload(inv + c0 + j);
+            graft_vstore(s + j, graft_vload(s + j) + g);
+            graft_vstore(sx + j, graft_vload(sx + j) + g * xhat);
+        }
+        for (; j < w; j++) {
+            float g = dy[o + j] * act_grad_from_output(act, y[o + j]);
+            s[j] += g;
+            sx[j] += g * ((x[o + j] - mean[c0 + j]) * inv[c0 + j]);
+        }
+    }
+    for (int64_t j = 0; j < w; j++) {
+        sum_g[j] += s[j];
+        sum_gx[j] += sx[j];
+    }
+}
+
+void graft_f32_bn_backward_sums(const float *x, const float *y, const float *dy,
+                                graft__activation act, const float *mean, const float *inv,
+                                int64_t rows, int64_t ch, double *sum_g, double *sum_gx,
+                                void *scratch)
+{
+    const int64_t parts = parts_of(rows);
+    double *ps = scratch, *psx = ps + parts * ch;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < parts; p++) {
+        int64_t r0 = rows * p / parts, r1 = rows * (p + 1) / parts;
+        double *s = ps + p * ch, *sx = psx + p * ch;
+        for (int64_t c = 0; c < ch; c++)
+            s[c] = sx[c] = 0.0;
+        for (int64_t b = r0; b < r1; b += BLOCK) {
+            int64_t b1 = r1 - b < BLOCK ? r1 : b + BLOCK;
+            for (int64_t c0 = 0; c0 < ch; c0 += TILE)
+                sums_block(x, y, dy, act, mean, inv, ch, b, b1, c0,
+                           ch - c0 < TILE ? ch - c0 : TILE, s + c0, sx + c0);
+        }
+    }
+    for (int64_t c = 0; c < ch; c++) {
+        double s = 0.0, sx = 0.0;
+        for (int64_t p = 0; p < parts; p++) {
+            s += ps[p * ch + c];
+            sx += psx[p * ch + c];
+        }
+        sum_g[c] = s;
+        sum_gx[c] = sx;
+    }
+}
+
+void graft_f32_bn_backward_input(const float *x, const float *y, const float *dy,
+                                 graft__activation act, const float *mean, const float *inv,
+                                 const float *scale, const float *mg, const float *mgx,
+                                 int64_t rows, int64_t ch, float *dx, int accumulate)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t o = r * ch;
+        int64_t c = 0;
+        for (; c + GRAFT_VL <= ch; c += GRAFT_VL) {
+            graft_vf g = vgrad(act, graft_vload(y + o + c), graft_vload(dy + o + c));
+            graft_vf xhat = (graft_vload(x + o + c) - graft_vload(mean + c)) * graft_vload(inv + c);
+            graft_vf v = graft_vload(scale + c) *
+                         (g - graft_vload(mg + c) - xhat * graft_vload(mgx + c));
+            graft_vstore(dx + o + c, accumulate ? graft_vload(dx + o + c) + v : v);
+        }
+        for (; c < ch; c++) {
+            float g = dy[o + c] * act_grad_from_output(act, y[o + c]);
+            float xhat = (x[o + c] - mean[c]) * inv[c];
+            float v = scale[c] * (g - mg[c] - xhat * mgx[c]);
+            dx[o + c] = accumulate ? dx[o + c] + v : v;
+        }
+    }
+}

@@ -1,0 +1,51 @@
+/* BatchNorm's training passes over an NHWC tensor seen as (rows, ch), with the
+ * ReLU or ReLU6 after it folded in: batch moments, the normalising affine map
+ * and the backward sums and input gradient. The fast variants split the rows
+ * into a fixed number of parts, so their results do not depend on the thread
+ * count; `act` is GRAFT__ACT_LINEAR, _RELU or _RELU6. */
+#ifndef GRAFT_KERNELS_BATCH_NORM_H
+#define GRAFT_KERNELS_BATCH_NORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/activation.h"
+
+/* Per-channel mean and biased variance. */
+void graft_f32_channel_moments__ref(const float *x, int64_t rows, int64_t ch, double *mean,
+                                    double *var);
+/* Bytes of scratch graft_f32_channel_moments and graft_f32_bn_backward_sums need. */
+size_t graft_f32_bn_scratch_bytes(int64_t rows, int64_t ch);
+/* One pass over x: each 32-row block's mean and squared deviations, merged into
+ * the running ones (Chan et al.), so the variance does not cancel. */
+void graft_f32_channel_moments(const float *x, int64_t rows, int64_t ch, double *mean,
+                               double *var, void *scratch);
+
+/* y = act(x * mul[c] + add[c]); y may be x. */
+void graft_f32_scale_shift_act__ref(const float *x, float *y, const float *mul, const float *add,
+                                    int64_t rows, int64_t ch, graft__activation act);
+void graft_f32_scale_shift_act(const float *x, float *y, const float *mul, const float *add,
+                               int64_t rows, int64_t ch, graft__activation act);
+
+/* With g = dy * act'(y) (y the activation's output) and xhat = (x - mean) inv:
+ * sum_g[c] = sum over rows of g, sum_gx[c] = sum of g * xhat. */
+void graft_f32_bn_backward_sums__ref(const float *x, const float *y, const float *dy,
+                                     graft__activation act, const float *mean, const float *inv,
+                                     int64_t rows, int64_t ch, double *sum_g, double *sum_gx);
+void graft_f32_bn_backward_sums(const float *x, const float *y, const float *dy,
+                                graft__activation act, const float *mean, const float *inv,
+                                int64_t rows, int64_t ch, double *sum_g, double *sum_gx,
+                                void *scratch);
+
+/* dx = scale[c] * (g - mg[c] - xhat * mgx[c]), added to dx when accumulate,
+ * else written over it (dx's old contents unread). */
+void graft_f32_bn_backward_input__ref(const float *x, const float *y, const float *dy,
+                                      graft__activation act, const float *mean, const float *inv,
+                                      const float *scale, const float *mg, const float *mgx,
+                                      int64_t rows, int64_t ch, float *dx, int accumulate);
+void graft_f32_bn_backward_input(const float *x, const float *y, const float *dy,
+                                 graft__activation act, const float *mean, const float *inv,
+                                 const float *scale, const float *mg, const float *mgx,
+                                 int64_t rows, int64_t ch, float *dx, int accumulate);
+
+#endif
