@@ -144,11 +144,12 @@ static void residual_graph_gradients_match_finite_differences(void **state)
 }
 
 /* An inverted-residual-like net whose BatchNorms absorb the ReLU6 / ReLU after
- * them in training (the ReLUs' passes skipped), one BatchNorm with no ReLU, and
- * a ReLU read twice:
- *   x -> conv a -> a_bn -> ReLU6 -> dw 3x3 -> dw_bn -> Activation relu
- *     -> conv p -> p_bn -> add(a_relu, p_bn) -> GAP -> Dense. */
-enum { BH = 5, BW = 4, BC = 3 };
+ * them in training (the ReLUs' passes skipped), whose depthwise convolution
+ * absorbs the one-sided padding before it (as MobileNetV2's stride-2 blocks
+ * have), and one BatchNorm with no ReLU:
+ *   x -> conv a -> a_bn -> ReLU6 -> pad (0,1),(0,1) -> dw 3x3 stride 2 valid
+ *     -> dw_bn -> Activation relu -> conv p -> p_bn -> GAP -> Dense. */
+enum { BH = 9, BW = 7, BC = 3 };
 
 static void add_bn(json_t *layers, tmw_weights *w, const char *name, const char *input)
 {
@@ -192,9 +193,12 @@ static void write_bn_model(const char *dir)
     add_bn(layers, &w, "a_bn", "a");
     json_array_append_new(layers, tmw_layer("ReLU", "a_relu", json_pack("{s:f}", "max_value", 6.0),
                                             TMW_INPUTS("a_bn")));
+    json_array_append_new(layers, tmw_layer("ZeroPadding2D", "pad",
+        json_pack("{s:[[i,i],[i,i]]}", "padding", 0, 1, 0, 1), TMW_INPUTS("a_relu")));
     json_array_append_new(layers, tmw_layer("DepthwiseConv2D", "dw",
-        json_pack("{s:[i,i],s:s,s:b}", "kernel_size", 3, 3, "padding", "same", "use_bias", 0),
-        TMW_INPUTS("a_relu")));
+        json_pack("{s:[i,i],s:[i,i],s:s,s:b}", "kernel_size", 3, 3, "strides", 2, 2, "padding",
+                  "valid", "use_bias", 0),
+        TMW_INPUTS("pad")));
     float dk[9 * BC];
     for (int i = 0; i < 9 * BC; i++)
         dk[i] = rnd();
@@ -205,10 +209,8 @@ static void write_bn_model(const char *dir)
                                             TMW_INPUTS("dw_bn")));
     add_pointwise(layers, &w, "p", "dw_relu", BC);
     add_bn(layers, &w, "p_bn", "p");
-    json_array_append_new(layers, tmw_layer("Add", "add", json_object(),
-                                            TMW_INPUTS("a_relu", "p_bn")));
     json_array_append_new(layers, tmw_layer("GlobalAveragePooling2D", "gap", json_object(),
-                                            TMW_INPUTS("add")));
+                                            TMW_INPUTS("p_bn")));
     json_array_append_new(layers, tmw_layer("Dense", "out",
         json_pack("{s:i,s:s}", "units", CLASSES, "activation", "linear"), TMW_INPUTS("gap")));
     float kernel[BC * CLASSES], bias[CLASSES];
@@ -232,16 +234,19 @@ static int node_named(const graft_model *m, const char *name)
 }
 
 /* Batch statistics (training forward, which only moves the moving statistics)
- * or moving statistics (bn_inference). Moving statistics are state, not
- * parameters: their gradients are 0 and so are their differences under batch
- * statistics. */
-static void bn_graph_case(int bn_inference)
+ * or moving statistics (bn_inference). Moving statistics are state, not parameters:
+ * only the learning weights are checked. With `from`, only layers from it up
+ * learn: from "dw", the padding is where the training forward starts (the frozen
+ * prefix computed apart), so it stays a node of its own. */
+static void bn_graph_case(int bn_inference, const char *from)
 {
     char dir[] = "/tmp/graft-graph-bn-XXXXXX";
     assert_non_null(mkdtemp(dir));
     write_bn_model(dir);
     graft_model *m = NULL;
     assert_int_equal(graft_model_load(dir, &m), GRAFT_OK);
+    if (from)
+        assert_int_equal(graft_model_unfreeze_from(m, from), GRAFT_OK);
     enum { N = BATCH * BH * BW * CIN };
     float x[N], r[BATCH * CLASSES];
     for (int i = 0; i < N; i++)
@@ -250,9 +255,10 @@ static void bn_graph_case(int bn_inference)
         r[i] = rnd();
     graft__train_graph tg;
     assert_int_equal(graft__train_graph_init(&tg, m, BATCH, bn_inference), GRAFT_OK);
-    assert_int_equal(tg.absorbed_by[node_named(m, "a_relu")], node_named(m, "a_bn"));
+    assert_int_equal(tg.absorbed_by[node_named(m, "a_relu")], from ? -1 : node_named(m, "a_bn"));
     assert_int_equal(tg.absorbed_by[node_named(m, "dw_relu")], node_named(m, "dw_bn"));
     assert_int_equal(tg.absorbs[node_named(m, "p_bn")], -1);
+    assert_int_equal(tg.pad_before[node_named(m, "dw")], from ? -1 : node_named(m, "pad"));
     const int training = !bn_inference;
     for (int pass = 0; pass < 2; pass++) {
         memset(tg.grads, 0, sizeof(float) * (size_t)tg.n_grads);
@@ -293,12 +299,12 @@ static void bn_graph_case(int bn_inference)
         }
         worst = fmax(worst, fabs(numeric - tg.grads[p]));
     }
-    printf("    bn_inference %d: %lld parameters (%lld at a kink): max |analytic - numeric| %.3g "
-           "(largest gradient %.3g)\n", bn_inference, (long long)checked, (long long)kinks,
+    printf("    bn_inference %d from %s: %lld parameters (%lld at a kink): max |analytic - numeric| %.3g "
+           "(largest gradient %.3g)\n", bn_inference, from ? from : "input", (long long)checked, (long long)kinks,
            worst, scale);
     free(learns);
     assert_true(scale > 0.05);
-    assert_true(checked > 50 && kinks < checked / 10);
+    assert_true(checked > (from ? 20 : 50) && kinks < checked / 10);
     assert_true(worst < 2e-3 * fmax(1.0, scale));
     graft__train_graph_free(&tg);
     graft_model_free(m);
@@ -307,12 +313,17 @@ static void bn_graph_case(int bn_inference)
 
 static void absorbed_relu_gradients_match_finite_differences_batch_stats(void **state)
 {
-    bn_graph_case(0);
+    bn_graph_case(0, NULL);
 }
 
 static void absorbed_relu_gradients_match_finite_differences_moving_stats(void **state)
 {
-    bn_graph_case(1);
+    bn_graph_case(1, NULL);
+}
+
+static void padding_at_the_frozen_boundary_stays_a_node(void **state)
+{
+    bn_graph_case(0, "dw");
 }
 
 int main(void)
@@ -321,6 +332,7 @@ int main(void)
         cmocka_unit_test(residual_graph_gradients_match_finite_differences),
         cmocka_unit_test(absorbed_relu_gradients_match_finite_differences_batch_stats),
         cmocka_unit_test(absorbed_relu_gradients_match_finite_differences_moving_stats),
+        cmocka_unit_test(padding_at_the_frozen_boundary_stays_a_node),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

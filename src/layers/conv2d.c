@@ -82,7 +82,7 @@ static size_t conv2d_saved(const graft__layer *layer, const graft__shape *out, i
 static void conv2d_forward(const graft__layer *layer, const graft__forward_args *a)
 {
     const conv2d_config *c = layer->config;
-    graft_conv_geom g = conv2d_geom(layer, &a->in_shapes[0], a->batch);
+    graft_conv_geom g = graft__geom_unpad(conv2d_geom(layer, &a->in_shapes[0], a->batch), a->in_pad);
     int64_t rows = a->batch * g.out_h * g.out_w;
     const float *kernel = a->folded_kernel ? a->folded_kernel : layer->weights[0].data;
     const float *bias = a->folded_kernel ? a->folded_bias
@@ -102,7 +102,7 @@ static void conv2d_forward(const graft__layer *layer, const graft__forward_args 
 static void conv2d_backward(const graft__layer *layer, const graft__backward_args *a)
 {
     const conv2d_config *c = layer->config;
-    graft_conv_geom g = conv2d_geom(layer, &a->in_shapes[0], a->batch);
+    graft_conv_geom g = graft__geom_unpad(conv2d_geom(layer, &a->in_shapes[0], a->batch), a->in_pad);
     int64_t rows = a->batch * g.out_h * g.out_w;
     float *im2col = a->scratch;
     float *act_buf = (float *)((char *)a->scratch +

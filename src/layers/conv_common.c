@@ -59,3 +59,14 @@ graft_status graft__window_geom(const graft__window *w, const graft__shape *in, 
                            (long long)w->kernel[1], (long long)in->dim[0], (long long)in->dim[1]);
     return GRAFT_OK;
 }
+
+graft_conv_geom graft__geom_unpad(graft_conv_geom g, const int64_t *pad)
+{
+    if (pad) {
+        g.in_h -= pad[0] + pad[1];
+        g.in_w -= pad[2] + pad[3];
+        g.pad_top += pad[0];
+        g.pad_left += pad[2];
+    }
+    return g;
+}

@@ -26,6 +26,9 @@ graft_status graft__window_parse(graft__window *w, const json_t *config, const c
                                  int64_t strides_default, const char *layer);
 
 /* Geometry for an (H, W, C) input; out_c is left for the caller. */
+/* The geometry g (over a padded input) moved onto the unpadded input: pad
+ * top, bottom, left, right become window padding. */
+graft_conv_geom graft__geom_unpad(graft_conv_geom g, const int64_t *pad);
 graft_status graft__window_geom(const graft__window *w, const graft__shape *in, int64_t batch,
                                 graft_conv_geom *g, const char *layer);
 

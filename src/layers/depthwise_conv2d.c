@@ -61,7 +61,7 @@ static graft_conv_geom depthwise_geom(const graft__layer *layer, const graft__sh
 static void depthwise_forward(const graft__layer *layer, const graft__forward_args *a)
 {
     const depthwise_config *c = layer->config;
-    graft_conv_geom g = depthwise_geom(layer, &a->in_shapes[0], a->batch);
+    graft_conv_geom g = graft__geom_unpad(depthwise_geom(layer, &a->in_shapes[0], a->batch), a->in_pad);
     int64_t rows = a->batch * g.out_h * g.out_w;
     if (a->folded_kernel) {
         graft_f32_dwconv2d_parallel(&g, a->inputs[0], a->folded_kernel, a->folded_bias, a->output);
@@ -95,7 +95,7 @@ static size_t depthwise_saved(const graft__layer *layer, const graft__shape *out
 static void depthwise_backward(const graft__layer *layer, const graft__backward_args *a)
 {
     const depthwise_config *c = layer->config;
-    graft_conv_geom g = depthwise_geom(layer, &a->in_shapes[0], a->batch);
+    graft_conv_geom g = graft__geom_unpad(depthwise_geom(layer, &a->in_shapes[0], a->batch), a->in_pad);
     int64_t rows = a->batch * g.out_h * g.out_w;
     const float *dy = a->logits ? a->d_output
                                 : graft__activation_grad(c->conv.act, a->saved, a->output,
@@ -137,4 +137,5 @@ const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .output_activation = depthwise_output_activation,
     .fold_affine = depthwise_fold_affine,
     .conv_geom = depthwise_geom,
+    .absorbs_padding = 1,
 };

@@ -66,6 +66,10 @@ typedef struct graft__forward_args {
     /* Also a ReLU(6) absorbed in training by kinds with absorbs_relu: output is
      * then the ReLU's. */
     graft__activation epilogue;
+    /* A ZeroPadding2D absorbed in training by kinds with absorbs_padding:
+     * inputs[0] is the tensor before it, in_shapes[0] still the padded shape;
+     * top, bottom, left, right. NULL otherwise. */
+    const int64_t *in_pad;
 } graft__forward_args;
 
 /* Gradients flow backward by accumulation: every d* buffer is added to, never
@@ -92,6 +96,7 @@ typedef struct graft__backward_args {
     /* Bit i set: d_inputs[i] holds stale values to be overwritten, not added to
      * (set only for kinds with writes_fresh_grads; others find it zeroed). */
     unsigned fresh;
+    const int64_t *in_pad;          /* as in forward; d_inputs[0] is then unpadded too */
 } graft__backward_args;
 
 struct graft__layer_ops {
@@ -125,6 +130,8 @@ struct graft__layer_ops {
     /* Training may hand the kind a following ReLU or ReLU6 as `epilogue` (forward
      * and backward), saving that layer's passes over memory. */
     int absorbs_relu;
+    /* Training may hand the kind the ZeroPadding2D before it as `in_pad`. */
+    int absorbs_padding;
     /* Backward honours `fresh`, so the trainer need not zero those gradients. */
     int writes_fresh_grads;
 };

@@ -66,6 +66,43 @@ static void plan_absorbed_relus(graft__train_graph *tg)
     }
 }
 
+/* A convolution that runs backward takes the padding of the ZeroPadding2D that
+ * alone feeds it into its window, as inference does: no padded copy forward,
+ * no crop of its gradient backward (a twentieth of full fine-tuning). Not into
+ * a 1x1 convolution, which would then need im2col scratch it was not given. */
+static void plan_absorbed_padding(graft__train_graph *tg)
+{
+    const graft_model *m = tg->model;
+    /* A padding at or below the cache boundary may be where the forward starts
+     * (from the cache or the fused frozen prefix): what is before it is not computed. */
+    const int boundary = graft__cache_boundary(m, tg->bn_inference);
+    for (int i = 0; i < m->n_nodes; i++)
+        tg->pad_before[i] = -1;
+    for (int c = 0; c < m->n_nodes; c++) {
+        const graft__node *node = &m->nodes[c];
+        const graft__layer *layer = node->layer;
+        if (!tg->needs_backward[c] || !layer->ops->absorbs_padding || node->n_inputs != 1)
+            continue;
+        int p = node->inputs[0];
+        graft_conv_geom g = layer->ops->conv_geom(layer, &m->nodes[p].shape, 1);
+        if (p <= boundary || g.kernel_h * g.kernel_w == 1 || graft__only_reader(m, p) != c ||
+            m->nodes[p].n_inputs != 1 || !graft__zero_padding_amounts(m->nodes[p].layer, tg->pads[c]))
+            continue;
+        tg->pad_before[c] = p;
+        tg->absorbed_by[p] = c;
+        tg->pinned[p] = 0;
+        tg->pinned[m->nodes[p].inputs[0]] = 1;
+    }
+}
+
+/* Input k of node j as training computes it: through an absorbed padding. */
+static int input_of(const graft__train_graph *tg, int j, int k)
+{
+    const graft_model *m = tg->model;
+    int src = m->nodes[j].inputs[k];
+    return k == 0 && tg->pad_before[j] >= 0 ? m->nodes[src].inputs[0] : src;
+}
+
 static graft__activation absorbed_act(const graft__train_graph *tg, int b)
 {
     graft__activation act = GRAFT__ACT_LINEAR;
@@ -138,7 +175,7 @@ static graft_status plan_gradient_slots(graft__train_graph *tg)
         if (!tg->needs_backward[j] || j == m->input_node || tg->absorbed_by[j] >= 0)
             continue;
         for (int k = 0; k < m->nodes[j].n_inputs; k++) {
-            int src = m->nodes[j].inputs[k];
+            int src = input_of(tg, j, k);
             if (tg->needs_backward[src] && src != m->input_node && slot_of[src] < 0) {
                 slot_of[src] = slot_acquire(&pool, NODE_BYTES(src));
                 tg->first_writer[src] = j;
@@ -218,16 +255,19 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     tg->saved = graft__calloc(n, sizeof(void *));
     tg->absorbed_by = graft__calloc(n, sizeof(int));
     tg->absorbs = graft__calloc(n, sizeof(int));
+    tg->pad_before = graft__calloc(n, sizeof(int));
+    tg->pads = graft__calloc(n, sizeof *tg->pads);
     tg->n_grads = model->n_params;
     tg->grads = graft__malloc_aligned(sizeof(float) * (size_t)(model->n_params ? model->n_params : 1));
     if (!tg->needs_backward || !tg->pinned || !tg->d_act || !tg->first_writer || !tg->saved ||
-        !tg->absorbed_by || !tg->absorbs || !tg->grads) {
+        !tg->absorbed_by || !tg->absorbs || !tg->pad_before || !tg->pads || !tg->grads) {
         graft__train_graph_free(tg);
         return graft__fail(GRAFT_E_NOMEM, "out of memory preparing training");
     }
     memset(tg->grads, 0, sizeof(float) * (size_t)model->n_params);
     mark_backward(tg);
     plan_absorbed_relus(tg);
+    plan_absorbed_padding(tg);
     graft_status rc = GRAFT_OK;
     for (int i = 0; i < model->n_nodes && !rc; i++)
         if (tg->needs_backward[i] && i != model->input_node && !model->nodes[i].layer->ops->backward)
@@ -259,6 +299,8 @@ void graft__train_graph_free(graft__train_graph *tg)
     graft__free(tg->first_writer);
     graft__free(tg->absorbed_by);
     graft__free(tg->absorbs);
+    graft__free(tg->pad_before);
+    graft__free(tg->pads);
     graft__free(tg->d_act);
     graft__free(tg->saved);
     graft__free(tg->needs_backward);
@@ -331,7 +373,7 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
         const float *inputs[64];
         graft__shape in_shapes[64];
         for (int k = 0; k < node->n_inputs && k < 64; k++) {
-            inputs[k] = activation(tg, node->inputs[k], input);
+            inputs[k] = activation(tg, input_of(tg, i, k), input);
             in_shapes[k] = m->nodes[node->inputs[k]].shape;
         }
         graft__forward_args args = {
@@ -348,6 +390,7 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
             .seed = graft__seed_derive(seed, (uint64_t)i),
             .logits = logits_output && i == m->output_node,
             .epilogue = absorbed_act(tg, i),
+            .in_pad = tg->pad_before[i] >= 0 ? tg->pads[i] : NULL,
         };
         node->layer->ops->forward(node->layer, &args);
     }
@@ -368,9 +411,9 @@ static unsigned start_input_grads(graft__train_graph *tg, int j, int64_t batch)
     const int can_overwrite = m->nodes[j].layer->ops->writes_fresh_grads;
     unsigned fresh = 0;
     for (int k = 0; k < m->nodes[j].n_inputs && k < 32; k++) {
-        int src = m->nodes[j].inputs[k], seen = 0;
+        int src = input_of(tg, j, k), seen = 0;
         for (int e = 0; e < k; e++)
-            seen |= m->nodes[j].inputs[e] == src;
+            seen |= input_of(tg, j, e) == src;
         if (tg->first_writer[src] != j || !tg->d_act[src] || seen)
             continue;
         if (can_overwrite)
@@ -392,9 +435,9 @@ static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t
     float *d_inputs[64], *d_weights[GRAFT__MAX_WEIGHTS];
     graft__shape in_shapes[64];
     for (int k = 0; k < node->n_inputs && k < 64; k++) {
-        int src = node->inputs[k];
+        int src = input_of(tg, i, k);
         inputs[k] = activation(tg, src, tg->input);
-        in_shapes[k] = m->nodes[src].shape;
+        in_shapes[k] = m->nodes[node->inputs[k]].shape;
         d_inputs[k] = tg->needs_backward[src] ? tg->d_act[src] : NULL;
     }
     for (int w = 0; w < layer->n_weights; w++)
@@ -416,6 +459,7 @@ static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t
         .logits = logits,
         .epilogue = absorbed_act(tg, i),
         .fresh = fresh,
+        .in_pad = tg->pad_before[i] >= 0 ? tg->pads[i] : NULL,
     };
     layer->ops->backward(layer, &args);
 }

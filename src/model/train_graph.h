@@ -19,6 +19,8 @@ typedef struct graft__train_graph {
     int n_grad_slots;
     int *absorbed_by;      /* per node: the BatchNorm that computes this ReLU in training, or -1 */
     int *absorbs;          /* per node: the ReLU this BatchNorm computes, or -1 */
+    int *pad_before;       /* per node: the ZeroPadding2D this convolution reads through, or -1 */
+    int64_t (*pads)[4];    /* per node: that padding's top, bottom, left, right */
     void **saved;          /* per node forward-saved state, NULL when none */
     float *grads;          /* same layout as model->params; only trainable parts used */
     int64_t n_grads;
