@@ -85,17 +85,14 @@ static void scale_shift_act_matches_the_ref(void **state)
 
 typedef struct bwd_case {
     int64_t rows, ch;
-    float *x, *y, *dy, *mean, *inv;
+    float *x, *dy, *mul, *add, *mean, *inv;
 } bwd_case;
 
-/* y as the activation's output: for the ReLUs exactly 0 and 6 in places. */
-static bwd_case bwd_make(int64_t rows, int64_t ch, graft__activation act)
+/* x * mul + add spread over [-9, 9]: below 0, inside, and above ReLU6's 6. */
+static bwd_case bwd_make(int64_t rows, int64_t ch)
 {
-    bwd_case b = {rows, ch, rand_buf(rows * ch, 3.0f), rand_buf(rows * ch, 8.0f),
-                  rand_buf(rows * ch, 1.0f), rand_buf(ch, 1.0f), rand_buf(ch, 1.0f)};
-    for (int64_t i = 0; i < rows * ch; i++)
-        if (act != GRAFT__ACT_LINEAR)
-            b.y[i] = b.y[i] < 0.0f ? 0.0f : act == GRAFT__ACT_RELU6 && b.y[i] > 6.0f ? 6.0f : b.y[i];
+    bwd_case b = {rows, ch, rand_buf(rows * ch, 3.0f), rand_buf(rows * ch, 1.0f),
+                  rand_buf(ch, 2.0f), rand_buf(ch, 3.0f), rand_buf(ch, 1.0f), rand_buf(ch, 1.0f)};
     for (int64_t c = 0; c < ch; c++)
         b.inv[c] = 0.5f + fabsf(b.inv[c]);
     return b;
@@ -103,7 +100,7 @@ static bwd_case bwd_make(int64_t rows, int64_t ch, graft__activation act)
 
 static void bwd_free(bwd_case *b)
 {
-    free(b->x), free(b->y), free(b->dy), free(b->mean), free(b->inv);
+    free(b->x), free(b->dy), free(b->mul), free(b->add), free(b->mean), free(b->inv);
 }
 
 static void backward_sums_match_the_ref(void **state)
@@ -112,14 +109,14 @@ static void backward_sums_match_the_ref(void **state)
         for (size_t c = 0; c < sizeof CHANNELS / sizeof *CHANNELS; c++)
             for (size_t a = 0; a < 3; a++) {
                 int64_t rows = ROWS[r], ch = CHANNELS[c];
-                bwd_case b = bwd_make(rows, ch, ACTS[a]);
+                bwd_case b = bwd_make(rows, ch);
                 double *s = malloc(sizeof(double) * (size_t)ch * 6), *sx = s + ch, *rs = sx + ch,
                        *rsx = rs + ch, *abs_g = rsx + ch, *abs_gx = abs_g + ch;
                 void *scratch = malloc(graft_f32_bn_scratch_bytes(rows, ch));
-                graft_f32_bn_backward_sums__ref(b.x, b.y, b.dy, ACTS[a], b.mean, b.inv, rows, ch,
-                                                rs, rsx);
-                graft_f32_bn_backward_sums(b.x, b.y, b.dy, ACTS[a], b.mean, b.inv, rows, ch, s,
-                                           sx, scratch);
+                graft_f32_bn_backward_sums__ref(b.x, b.dy, ACTS[a], b.mul, b.add, b.mean, b.inv,
+                                                rows, ch, rs, rsx);
+                graft_f32_bn_backward_sums(b.x, b.dy, ACTS[a], b.mul, b.add, b.mean, b.inv, rows,
+                                           ch, s, sx, scratch);
                 /* the sums cancel: judge them against the sums of magnitudes */
                 for (int64_t k = 0; k < ch; k++) {
                     abs_g[k] = abs_gx[k] = 0.0;
@@ -138,8 +135,8 @@ static void backward_sums_match_the_ref(void **state)
                 double *one = malloc(sizeof(double) * (size_t)ch * 2);
                 int threads = omp_get_max_threads();
                 omp_set_num_threads(1);
-                graft_f32_bn_backward_sums(b.x, b.y, b.dy, ACTS[a], b.mean, b.inv, rows, ch, one,
-                                           one + ch, scratch);
+                graft_f32_bn_backward_sums(b.x, b.dy, ACTS[a], b.mul, b.add, b.mean, b.inv, rows,
+                                           ch, one, one + ch, scratch);
                 omp_set_num_threads(threads);
                 assert_memory_equal(one, s, sizeof(double) * (size_t)ch);
                 assert_memory_equal(one + ch, sx, sizeof(double) * (size_t)ch);
@@ -157,7 +154,7 @@ static void backward_input_matches_the_ref(void **state)
             for (size_t a = 0; a < 3; a++)
                 for (int accumulate = 0; accumulate < 2; accumulate++) {
                     int64_t rows = ROWS[r], ch = CHANNELS[c];
-                    bwd_case b = bwd_make(rows, ch, ACTS[a]);
+                    bwd_case b = bwd_make(rows, ch);
                     float *scale = rand_buf(ch, 2.0f), *mg = rand_buf(ch, 0.5f);
                     float *mgx = rand_buf(ch, 0.5f);
                     float *want = rand_buf(rows * ch, 1.0f), *got = guarded_buf(rows * ch);
@@ -166,10 +163,11 @@ static void backward_input_matches_the_ref(void **state)
                     else
                         for (int64_t i = 0; i < rows * ch; i++)
                             got[i] = NAN; /* stale contents must not be read */
-                    graft_f32_bn_backward_input__ref(b.x, b.y, b.dy, ACTS[a], b.mean, b.inv, scale,
-                                                     mg, mgx, rows, ch, want, accumulate);
-                    graft_f32_bn_backward_input(b.x, b.y, b.dy, ACTS[a], b.mean, b.inv, scale, mg,
-                                                mgx, rows, ch, got, accumulate);
+                    graft_f32_bn_backward_input__ref(b.x, b.dy, ACTS[a], b.mul, b.add, b.mean,
+                                                     b.inv, scale, mg, mgx, rows, ch, want,
+                                                     accumulate);
+                    graft_f32_bn_backward_input(b.x, b.dy, ACTS[a], b.mul, b.add, b.mean, b.inv,
+                                                scale, mg, mgx, rows, ch, got, accumulate);
                     char what[96];
                     snprintf(what, sizeof what, "bn dx rows %lld ch %lld act %d acc %d",
                              (long long)rows, (long long)ch, (int)ACTS[a], accumulate);
@@ -189,17 +187,23 @@ static void refs_match_hand_computed_values(void **state)
     assert_true(fabs(mean[0] - 3.0) < 1e-12 && fabs(var[0] - 8.0 / 3.0) < 1e-12);
     assert_true(fabs(mean[1] - 10.0 / 3.0) < 1e-12);
     assert_true(fabs(var[1] - ((16.0 / 3) * (16.0 / 3) + (2.0 / 3) * (2.0 / 3) + (14.0 / 3) * (14.0 / 3)) / 3.0) < 1e-12);
-    const float y[6] = {0, 2, 6, 3, 5, 0}, dy[6] = {1, 1, 1, 2, 3, 4};
+    /* pre-activations x * mul + add: channel 0 (mul 2, add -2): 0, 4, 8 -> only
+     * row 1 inside (0, 6); channel 1 (mul 1, add 1): -1, 5, 9 -> only row 1 */
+    const float dy[6] = {1, 1, 1, 2, 3, 4}, mul[2] = {2, 1}, add[2] = {-2, 1};
     const float m[2] = {3, 1}, inv[2] = {0.5f, 2};
     double s[2], sx[2];
-    graft_f32_bn_backward_sums__ref(x, y, dy, GRAFT__ACT_RELU6, m, inv, 3, 2, s, sx);
-    /* channel 0: y = 0, 6, 5 -> only row 2 passes (g = 3, xhat = 1); channel 1:
-     * y = 2, 3, 0 -> rows 0 and 1 (g = 1, 2; xhat = -6, 6) */
-    assert_true(s[0] == 3.0 && sx[0] == 3.0 && s[1] == 3.0 && sx[1] == 6.0);
+    graft_f32_bn_backward_sums__ref(x, dy, GRAFT__ACT_RELU6, mul, add, m, inv, 3, 2, s, sx);
+    /* row 1: channel 0 g = 1, xhat = 0; channel 1 g = 2, xhat = 6 */
+    assert_true(s[0] == 1.0 && sx[0] == 0.0 && s[1] == 2.0 && sx[1] == 12.0);
+    graft_f32_bn_backward_sums__ref(x, dy, GRAFT__ACT_RELU, mul, add, m, inv, 3, 2, s, sx);
+    /* ReLU passes rows 1 and 2 of channel 0 (4, 8) and rows 1, 2 of channel 1 */
+    assert_true(s[0] == 4.0 && sx[0] == 3.0 && s[1] == 6.0 && sx[1] == 12.0 + 4.0 * 14.0);
     float dx[6];
     const float scale[2] = {2, 1}, mg[2] = {1, 0}, mgx[2] = {0, 0.5f};
-    graft_f32_bn_backward_input__ref(x, y, dy, GRAFT__ACT_RELU6, m, inv, scale, mg, mgx, 3, 2, dx, 0);
-    const float want[6] = {-2, 1 + 3, -2, 2 - 3, 2 * (3 - 1), 0 - 0.5f * 14};
+    graft_f32_bn_backward_input__ref(x, dy, GRAFT__ACT_RELU6, mul, add, m, inv, scale, mg, mgx, 3,
+                                     2, dx, 0);
+    /* dx = scale (g - mg - xhat mgx); xhat channel 0: -1, 0, 1; channel 1: -6, 6, 14 */
+    const float want[6] = {2 * (0 - 1), 0 + 3, 2 * (1 - 1), 2 - 3, 2 * (0 - 1), 0 - 7};
     for (int i = 0; i < 6; i++)
         assert_true(fabsf(dx[i] - want[i]) < 1e-6f);
 }

@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "kernels/conv.h"
+#include "kernels/gemm.h"
 #include "kernel_tester.h"
 
 /* ---- finite differences ---------------------------------------------------------- */
@@ -163,6 +164,58 @@ static void conv2d_backward_gemm_chunks_and_pointwise_blocks_match_ref(void **st
     assert_true(conv_backward_fast_matches_ref(g, "hand padding"));
 }
 
+/* Training's pointwise kernels on graft's packed GEMM against the refs: channel
+ * counts below, at and off the vector width, pixel ranges split unevenly (and
+ * longer than one weight-gradient chunk), input gradient overwritten (old
+ * values NaN) or added to. */
+static void pointwise_packed_backward_matches_ref(void **state)
+{
+    static const int64_t chans[] = {1, 3, 8, 17, 40};
+    static const int64_t sizes[][3] = {{1, 1, 1}, {2, 3, 5}, {3, 21, 23}};
+    for (size_t si = 0; si < 3; si++)
+        for (size_t a = 0; a < 5; a++)
+            for (size_t b = 0; b < 5; b++)
+                for (int accumulate = 0; accumulate < 2; accumulate++) {
+                    int64_t ci = chans[a], co = chans[b];
+                    graft_conv_geom g = geom(sizes[si][0], sizes[si][1], sizes[si][2], ci, co, 1,
+                                             1, 1, 1, 1, 1);
+                    assert_int_equal(graft_conv_geom_init(&g, 0), 1);
+                    conv_case c = conv_case_new(g);
+                    const int64_t px = g.batch * g.in_h * g.in_w, cut = px / 3;
+                    float *din_want = rand_buf(c.nin, 1.0f), *din_got = guarded_buf(c.nin);
+                    for (int64_t i = 0; i < c.nin; i++)
+                        din_got[i] = accumulate ? din_want[i] : NAN;
+                    if (!accumulate)
+                        memset(din_want, 0, sizeof(float) * (size_t)c.nin);
+                    graft_f32_conv2d_backward_input__ref(&g, c.r, c.kernel, din_want);
+                    float *kt = malloc(sizeof(float) * (size_t)(ci * co));
+                    for (int64_t i = 0; i < ci; i++)
+                        for (int64_t o = 0; o < co; o++)
+                            kt[o * ci + i] = c.kernel[i * co + o];
+                    float *packed = malloc(sizeof(float) * (size_t)graft_f32_gemm_packed_floats(co, ci));
+                    graft_f32_gemm_pack(co, ci, kt, NULL, packed);
+                    graft_f32_pw_backward_input__packed(0, cut, ci, co, c.r, packed, din_got, accumulate);
+                    graft_f32_pw_backward_input__packed(cut, px, ci, co, c.r, packed, din_got, accumulate);
+                    char what[96];
+                    snprintf(what, sizeof what, "pw packed dX %lld px %lld->%lld acc %d",
+                             (long long)px, (long long)ci, (long long)co, accumulate);
+                    assert_true(close_enough(what, din_got, din_want, c.nin));
+
+                    float *dk_want = rand_buf(c.nk, 1.0f), *dk_got = guarded_buf(c.nk);
+                    memcpy(dk_got, dk_want, sizeof(float) * (size_t)c.nk);
+                    graft_f32_conv2d_backward_weight__ref(&g, c.in, c.r, dk_want);
+                    float *scratch = malloc(sizeof(float) * graft_f32_pw_backward_weight_scratch_floats(ci, co));
+                    graft_f32_pw_backward_weight__packed(0, cut, ci, co, c.in, c.r, dk_got, scratch);
+                    graft_f32_pw_backward_weight__packed(cut, px, ci, co, c.in, c.r, dk_got, scratch);
+                    snprintf(what, sizeof what, "pw packed dW %lld px %lld->%lld", (long long)px,
+                             (long long)ci, (long long)co);
+                    assert_true(close_enough(what, dk_got, dk_want, c.nk));
+                    free(kt), free(packed), free(scratch);
+                    free(din_want), free(din_got), free(dk_want), free(dk_got);
+                    conv_case_free(&c);
+                }
+}
+
 static void bias_backward_direct_matches_ref_and_keeps_to_its_channels(void **state)
 {
     static const int64_t chans[] = {1, 3, 16, 17, 300, 1280};
@@ -224,6 +277,7 @@ int main(void)
         cmocka_unit_test(conv2d_backward_gemm_matches_ref_over_shape_sweep),
         cmocka_unit_test(conv2d_backward_gemm_chunks_and_pointwise_blocks_match_ref),
         cmocka_unit_test(bias_backward_direct_matches_ref_and_keeps_to_its_channels),
+        cmocka_unit_test(pointwise_packed_backward_matches_ref),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -179,6 +179,30 @@ static void dwconv_backward_direct_matches_ref_over_shape_sweep(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* The overwriting variant on a buffer of NaNs equals the ref on zeros. */
+static void dwconv_backward_input_overwrite_ignores_old_values(void **state)
+{
+    static const int64_t strides[] = {1, 2};
+    static const int64_t chans[] = {1, 7, 16, 33};
+    for (size_t si = 0; si < 2; si++)
+        for (size_t ci = 0; ci < 4; ci++)
+            for (int same = 0; same <= 1; same++) {
+                graft_conv_geom g = geom(2, 9, 8, chans[ci], chans[ci], 3, 3, strides[si],
+                                         strides[si], 1, 1);
+                assert_int_equal(graft_conv_geom_init(&g, same), 1);
+                dw_case c = dw_case_new(g);
+                float *want = guarded_buf(c.nin), *got = guarded_buf(c.nin);
+                memset(want, 0, sizeof(float) * (size_t)c.nin);
+                for (int64_t i = 0; i < c.nin; i++)
+                    got[i] = NAN;
+                graft_f32_dwconv2d_backward_input__ref(&g, 0, g.batch * g.in_h, c.r, c.kernel, want);
+                graft_f32_dwconv2d_backward_input_parallel_overwrite(&g, c.r, c.kernel, got);
+                assert_true(close_enough("dw backward input overwrite", got, want, c.nin));
+                dw_case_free(&c);
+                free(want), free(got);
+            }
+}
+
 static void dwconv_backward_weight_sums_large_batches_accurately(void **state)
 {
     /* 4*56*56 = 12544 pixels per tap: the direct kernel's per-row partial sums
@@ -215,6 +239,7 @@ int main(void)
         cmocka_unit_test(dwconv_backward_ref_hand_computed),
         cmocka_unit_test(dwconv_backward_refs_match_finite_differences),
         cmocka_unit_test(dwconv_backward_direct_matches_ref_over_shape_sweep),
+        cmocka_unit_test(dwconv_backward_input_overwrite_ignores_old_values),
         cmocka_unit_test(dwconv_backward_weight_sums_large_batches_accurately),
         cmocka_unit_test(dwconv_backward_kernel_larger_than_partial_buffer_matches_ref),
         cmocka_unit_test(dwconv_backward_parallel_matches_ref),

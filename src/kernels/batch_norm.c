@@ -4,12 +4,13 @@
 
 #include "kernels/simd.h"
 
-static inline float act_grad_from_output(graft__activation act, float y)
+/* ReLU(6)'s derivative at pre-activation v, the clamp's comparisons on it. */
+static inline float act_grad(graft__activation act, float v)
 {
     if (act == GRAFT__ACT_RELU)
-        return y > 0.0f ? 1.0f : 0.0f;
+        return v > 0.0f ? 1.0f : 0.0f;
     if (act == GRAFT__ACT_RELU6)
-        return y > 0.0f && y < 6.0f ? 1.0f : 0.0f;
+        return v > 0.0f && v < 6.0f ? 1.0f : 0.0f;
     return 1.0f;
 }
 
@@ -45,15 +46,16 @@ void graft_f32_scale_shift_act__ref(const float *x, float *y, const float *mul, 
             y[r * ch + c] = act_apply(act, x[r * ch + c] * mul[c] + add[c]);
 }
 
-void graft_f32_bn_backward_sums__ref(const float *x, const float *y, const float *dy,
-                                     graft__activation act, const float *mean, const float *inv,
-                                     int64_t rows, int64_t ch, double *sum_g, double *sum_gx)
+void graft_f32_bn_backward_sums__ref(const float *x, const float *dy, graft__activation act,
+                                     const float *mul, const float *add, const float *mean,
+                                     const float *inv, int64_t rows, int64_t ch, double *sum_g,
+                                     double *sum_gx)
 {
     for (int64_t c = 0; c < ch; c++) {
         double s = 0.0, sx = 0.0;
         for (int64_t r = 0; r < rows; r++) {
             int64_t i = r * ch + c;
-            double g = (double)dy[i] * act_grad_from_output(act, y[i]);
+            double g = (double)dy[i] * act_grad(act, x[i] * mul[c] + add[c]);
             s += g;
             sx += g * (((double)x[i] - mean[c]) * inv[c]);
         }
@@ -62,15 +64,16 @@ void graft_f32_bn_backward_sums__ref(const float *x, const float *y, const float
     }
 }
 
-void graft_f32_bn_backward_input__ref(const float *x, const float *y, const float *dy,
-                                      graft__activation act, const float *mean, const float *inv,
-                                      const float *scale, const float *mg, const float *mgx,
-                                      int64_t rows, int64_t ch, float *dx, int accumulate)
+void graft_f32_bn_backward_input__ref(const float *x, const float *dy, graft__activation act,
+                                      const float *mul, const float *add, const float *mean,
+                                      const float *inv, const float *scale, const float *mg,
+                                      const float *mgx, int64_t rows, int64_t ch, float *dx,
+                                      int accumulate)
 {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < ch; c++) {
             int64_t i = r * ch + c;
-            double g = (double)dy[i] * act_grad_from_output(act, y[i]);
+            double g = (double)dy[i] * act_grad(act, x[i] * mul[c] + add[c]);
             double xhat = ((double)x[i] - mean[c]) * inv[c];
             float v = (float)(scale[c] * (g - mg[c] - xhat * mgx[c]));
             dx[i] = accumulate ? dx[i] + v : v;
@@ -94,14 +97,14 @@ size_t graft_f32_bn_scratch_bytes(int64_t rows, int64_t ch)
     return sizeof(double) * 2 * (size_t)(parts_of(rows) * ch);
 }
 
-/* a = act'(y) as 0/1 lanes times dy, for the linear case dy itself. */
-static inline graft_vf vgrad(graft__activation act, graft_vf y, graft_vf dy)
+/* dy where act'(v) is 1, else 0; for the linear case dy itself. */
+static inline graft_vf vgrad(graft__activation act, graft_vf v, graft_vf dy)
 {
     if (act == GRAFT__ACT_LINEAR)
         return dy;
-    graft_vi on = y > graft_vsplat(0.0f);
+    graft_vi on = v > graft_vsplat(0.0f);
     if (act == GRAFT__ACT_RELU6)
-        on &= y < graft_vsplat(6.0f);
+        on &= v < graft_vsplat(6.0f);
     return (graft_vf)((graft_vi)dy & on);
 }
 
@@ -202,9 +205,10 @@ void graft_f32_scale_shift_act(const float *x, float *y, const float *mul, const
     }
 }
 
-static void sums_block(const float *x, const float *y, const float *dy, graft__activation act,
-                       const float *mean, const float *inv, int64_t ch, int64_t r0, int64_t r1,
-                       int64_t c0, int64_t w, double *sum_g, double *sum_gx)
+static void sums_block(const float *x, const float *dy, graft__activation act, const float *mul,
+                       const float *add, const float *mean, const float *inv, int64_t ch,
+                       int64_t r0, int64_t r1, int64_t c0, int64_t w, double *sum_g,
+                       double *sum_gx)
 {
     float s[TILE], sx[TILE];
     for (int64_t j = 0; j < w; j++)
@@ -213,14 +217,15 @@ static void sums_block(const float *x, const float *y, const float *dy, graft__a
         const int64_t o = r * ch + c0;
         int64_t j = 0;
         for (; j + GRAFT_VL <= w; j += GRAFT_VL) {
-            graft_vf g = vgrad(act, graft_vload(y + o + j), graft_vload(dy + o + j));
-            graft_vf xhat = (graft_vload(x + o + j) - graft_vload(mean + c0 + j)) *
-                            graft_vload(inv + c0 + j);
+            graft_vf xv = graft_vload(x + o + j);
+            graft_vf g = vgrad(act, xv * graft_vload(mul + c0 + j) + graft_vload(add + c0 + j),
+                               graft_vload(dy + o + j));
+            graft_vf xhat = (xv - graft_vload(mean + c0 + j)) * graft_vload(inv + c0 + j);
             graft_vstore(s + j, graft_vload(s + j) + g);
             graft_vstore(sx + j, graft_vload(sx + j) + g * xhat);
         }
         for (; j < w; j++) {
-            float g = dy[o + j] * act_grad_from_output(act, y[o + j]);
+            float g = dy[o + j] * act_grad(act, x[o + j] * mul[c0 + j] + add[c0 + j]);
             s[j] += g;
             sx[j] += g * ((x[o + j] - mean[c0 + j]) * inv[c0 + j]);
         }
@@ -231,10 +236,10 @@ static void sums_block(const float *x, const float *y, const float *dy, graft__a
     }
 }
 
-void graft_f32_bn_backward_sums(const float *x, const float *y, const float *dy,
-                                graft__activation act, const float *mean, const float *inv,
-                                int64_t rows, int64_t ch, double *sum_g, double *sum_gx,
-                                void *scratch)
+void graft_f32_bn_backward_sums(const float *x, const float *dy, graft__activation act,
+                                const float *mul, const float *add, const float *mean,
+                                const float *inv, int64_t rows, int64_t ch, double *sum_g,
+                                double *sum_gx, void *scratch)
 {
     const int64_t parts = parts_of(rows);
     double *ps = scratch, *psx = ps + parts * ch;
@@ -247,7 +252,7 @@ void graft_f32_bn_backward_sums(const float *x, const float *y, const float *dy,
         for (int64_t b = r0; b < r1; b += BLOCK) {
             int64_t b1 = r1 - b < BLOCK ? r1 : b + BLOCK;
             for (int64_t c0 = 0; c0 < ch; c0 += TILE)
-                sums_block(x, y, dy, act, mean, inv, ch, b, b1, c0,
+                sums_block(x, dy, act, mul, add, mean, inv, ch, b, b1, c0,
                            ch - c0 < TILE ? ch - c0 : TILE, s + c0, sx + c0);
         }
     }
@@ -262,24 +267,27 @@ void graft_f32_bn_backward_sums(const float *x, const float *y, const float *dy,
     }
 }
 
-void graft_f32_bn_backward_input(const float *x, const float *y, const float *dy,
-                                 graft__activation act, const float *mean, const float *inv,
-                                 const float *scale, const float *mg, const float *mgx,
-                                 int64_t rows, int64_t ch, float *dx, int accumulate)
+void graft_f32_bn_backward_input(const float *x, const float *dy, graft__activation act,
+                                 const float *mul, const float *add, const float *mean,
+                                 const float *inv, const float *scale, const float *mg,
+                                 const float *mgx, int64_t rows, int64_t ch, float *dx,
+                                 int accumulate)
 {
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t o = r * ch;
         int64_t c = 0;
         for (; c + GRAFT_VL <= ch; c += GRAFT_VL) {
-            graft_vf g = vgrad(act, graft_vload(y + o + c), graft_vload(dy + o + c));
-            graft_vf xhat = (graft_vload(x + o + c) - graft_vload(mean + c)) * graft_vload(inv + c);
+            graft_vf xv = graft_vload(x + o + c);
+            graft_vf g = vgrad(act, xv * graft_vload(mul + c) + graft_vload(add + c),
+                               graft_vload(dy + o + c));
+            graft_vf xhat = (xv - graft_vload(mean + c)) * graft_vload(inv + c);
             graft_vf v = graft_vload(scale + c) *
                          (g - graft_vload(mg + c) - xhat * graft_vload(mgx + c));
             graft_vstore(dx + o + c, accumulate ? graft_vload(dx + o + c) + v : v);
         }
         for (; c < ch; c++) {
-            float g = dy[o + c] * act_grad_from_output(act, y[o + c]);
+            float g = dy[o + c] * act_grad(act, x[o + c] * mul[c] + add[c]);
             float xhat = (x[o + c] - mean[c]) * inv[c];
             float v = scale[c] * (g - mg[c] - xhat * mgx[c]);
             dx[o + c] = accumulate ? dx[o + c] + v : v;

@@ -27,25 +27,30 @@ void graft_f32_scale_shift_act__ref(const float *x, float *y, const float *mul, 
 void graft_f32_scale_shift_act(const float *x, float *y, const float *mul, const float *add,
                                int64_t rows, int64_t ch, graft__activation act);
 
-/* With g = dy * act'(y) (y the activation's output) and xhat = (x - mean) inv:
+/* With g = dy * act'(x * mul + add) (the activation's derivative at the
+ * pre-activation forward computed, found again from x rather than read from the
+ * activation's output: two passes over memory fewer) and xhat = (x - mean) inv:
  * sum_g[c] = sum over rows of g, sum_gx[c] = sum of g * xhat. */
-void graft_f32_bn_backward_sums__ref(const float *x, const float *y, const float *dy,
-                                     graft__activation act, const float *mean, const float *inv,
-                                     int64_t rows, int64_t ch, double *sum_g, double *sum_gx);
-void graft_f32_bn_backward_sums(const float *x, const float *y, const float *dy,
-                                graft__activation act, const float *mean, const float *inv,
-                                int64_t rows, int64_t ch, double *sum_g, double *sum_gx,
-                                void *scratch);
+void graft_f32_bn_backward_sums__ref(const float *x, const float *dy, graft__activation act,
+                                     const float *mul, const float *add, const float *mean,
+                                     const float *inv, int64_t rows, int64_t ch, double *sum_g,
+                                     double *sum_gx);
+void graft_f32_bn_backward_sums(const float *x, const float *dy, graft__activation act,
+                                const float *mul, const float *add, const float *mean,
+                                const float *inv, int64_t rows, int64_t ch, double *sum_g,
+                                double *sum_gx, void *scratch);
 
 /* dx = scale[c] * (g - mg[c] - xhat * mgx[c]), added to dx when accumulate,
  * else written over it (dx's old contents unread). */
-void graft_f32_bn_backward_input__ref(const float *x, const float *y, const float *dy,
-                                      graft__activation act, const float *mean, const float *inv,
-                                      const float *scale, const float *mg, const float *mgx,
-                                      int64_t rows, int64_t ch, float *dx, int accumulate);
-void graft_f32_bn_backward_input(const float *x, const float *y, const float *dy,
-                                 graft__activation act, const float *mean, const float *inv,
-                                 const float *scale, const float *mg, const float *mgx,
-                                 int64_t rows, int64_t ch, float *dx, int accumulate);
+void graft_f32_bn_backward_input__ref(const float *x, const float *dy, graft__activation act,
+                                      const float *mul, const float *add, const float *mean,
+                                      const float *inv, const float *scale, const float *mg,
+                                      const float *mgx, int64_t rows, int64_t ch, float *dx,
+                                      int accumulate);
+void graft_f32_bn_backward_input(const float *x, const float *dy, graft__activation act,
+                                 const float *mul, const float *add, const float *mean,
+                                 const float *inv, const float *scale, const float *mg,
+                                 const float *mgx, int64_t rows, int64_t ch, float *dx,
+                                 int accumulate);
 
 #endif

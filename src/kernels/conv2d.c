@@ -317,3 +317,47 @@ void graft_f32_conv2d_backward_weight__gemm(const graft_conv_geom *g, const floa
                     scratch, (int)K, dout + p0 * CO, (int)CO, 1.0f, dkernel, (int)CO);
     }
 }
+
+/* ---- pointwise backward on the packed GEMM ------------------------------------ */
+
+void graft_f32_pw_backward_input__packed(int64_t p0, int64_t p1, int64_t in_c, int64_t out_c,
+                                         const float *dout, const float *packed_t, float *din,
+                                         int accumulate)
+{
+    float *c = din + p0 * in_c;
+    graft_f32_gemm_fused__packed(p1 - p0, in_c, out_c, dout + p0 * out_c, out_c, packed_t,
+                                 GRAFT__ACT_LINEAR, accumulate ? c : NULL, in_c, c, in_c);
+}
+
+/* Pixels per chunk: the transposed input (in_c x chunk) and packed dout (chunk
+ * x out_c) together about 128 KiB, in L2 while the GEMM reads them. */
+static int64_t pw_weight_chunk(int64_t in_c, int64_t out_c)
+{
+    int64_t chunk = (int64_t)(32768 / (in_c + out_c + 16)) / 8 * 8;
+    return chunk < 16 ? 16 : chunk > 512 ? 512 : chunk;
+}
+
+size_t graft_f32_pw_backward_weight_scratch_floats(int64_t in_c, int64_t out_c)
+{
+    int64_t chunk = pw_weight_chunk(in_c, out_c);
+    return (size_t)(chunk * in_c + graft_f32_gemm_packed_floats(chunk, out_c));
+}
+
+void graft_f32_pw_backward_weight__packed(int64_t p0, int64_t p1, int64_t in_c, int64_t out_c,
+                                          const float *in, const float *dout, float *dkernel,
+                                          float *scratch)
+{
+    const int64_t chunk = pw_weight_chunk(in_c, out_c);
+    float *xt = scratch, *packed = scratch + chunk * in_c;
+    for (int64_t c0 = p0; c0 < p1; c0 += chunk) {
+        int64_t k = p1 - c0 < chunk ? p1 - c0 : chunk;
+        for (int64_t i = 0; i < k; i++) {
+            const float *row = in + (c0 + i) * in_c;
+            for (int64_t c = 0; c < in_c; c++)
+                xt[c * k + i] = row[c];
+        }
+        graft_f32_gemm_pack(k, out_c, dout + c0 * out_c, NULL, packed);
+        graft_f32_gemm_fused__packed(in_c, out_c, k, xt, k, packed, GRAFT__ACT_LINEAR, dkernel,
+                                     out_c, dkernel, out_c);
+    }
+}

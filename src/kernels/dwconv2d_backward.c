@@ -312,6 +312,22 @@ void graft_f32_dwconv2d_backward_input_parallel(const graft_conv_geom *g, const 
     }
 }
 
+void graft_f32_dwconv2d_backward_input_parallel_overwrite(const graft_conv_geom *g,
+                                                          const float *dout, const float *kernel,
+                                                          float *din)
+{
+    const int64_t rows = g->batch * g->in_h, row_floats = g->in_w * g->in_c;
+#pragma omp parallel
+    {
+        int64_t s, e;
+        graft__split_range(rows, omp_get_thread_num(), omp_get_num_threads(), &s, &e);
+        for (int64_t r = s; r < e; r++) {
+            memset(din + r * row_floats, 0, sizeof(float) * (size_t)row_floats);
+            graft_f32_dwconv2d_backward_input__direct(g, r, r + 1, dout, kernel, din);
+        }
+    }
+}
+
 void graft_f32_dwconv2d_backward_weight_parallel(const graft_conv_geom *g, const float *in,
                                                  const float *dout, float *dkernel)
 {

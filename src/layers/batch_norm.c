@@ -100,10 +100,13 @@ int graft__batch_norm_affine(const graft__layer *layer, float *mul, float *add)
     return 1;
 }
 
-/* Saved for backward in batch-statistics mode: mean and 1/sqrt(var + eps). */
+/* Saved for backward: the mean and 1/sqrt(var + eps) forward normalised with
+ * (the batch's or the moving ones) and the affine map they gave, mul and add,
+ * from which backward finds an absorbed ReLU's derivative exactly as forward
+ * clamped. */
 static size_t batch_norm_saved(const graft__layer *layer, const graft__shape *out, int64_t batch)
 {
-    return 2 * sizeof(float) * (size_t)out->dim[out->rank - 1];
+    return 4 * sizeof(float) * (size_t)out->dim[out->rank - 1];
 }
 
 /* y = x * mul + add with mul = gamma / sqrt(var + eps), add = beta - mean * mul,
@@ -129,14 +132,17 @@ static void batch_norm_forward(const graft__layer *layer, const graft__forward_a
         double m = (w.gamma ? w.gamma[j] : 1.0) * inv;
         mul[j] = (float)m;
         add[j] = (float)((w.beta ? w.beta[j] : 0.0) - mean * m);
+        if (a->saved) {
+            float *saved = a->saved;
+            saved[j] = (float)mean;
+            saved[ch + j] = (float)inv;
+            saved[2 * ch + j] = mul[j];
+            saved[3 * ch + j] = add[j];
+        }
         if (a->batch_stats) {
             double unbiased = rows > 1 ? bvar[j] * (double)rows / (double)(rows - 1) : bvar[j];
             w.mean[j] = (float)(w.mean[j] * c->momentum + mean * (1.0 - c->momentum));
             w.var[j] = (float)(w.var[j] * c->momentum + unbiased * (1.0 - c->momentum));
-            if (a->saved) {
-                ((float *)a->saved)[j] = (float)mean;
-                ((float *)a->saved)[ch + j] = (float)inv;
-            }
         }
     }
     graft_f32_scale_shift_act(a->inputs[0], a->output, mul, add, rows, ch, a->epilogue);
@@ -152,20 +158,17 @@ static void batch_norm_backward(const graft__layer *layer, const graft__backward
     int64_t ch = s->dim[s->rank - 1];
     int64_t rows = a->batch * graft__shape_elems(s) / ch;
     bn_weights w = weights_of(layer);
-    float *mean = a->scratch, *inv = mean + ch, *g = inv + ch, *mdy = g + ch, *mdx = mdy + ch;
+    const float *saved = a->saved, *mean = saved, *inv = saved + ch, *mul = saved + 2 * ch,
+                *add = saved + 3 * ch;
+    float *g = a->scratch, *mdy = g + ch, *mdx = mdy + ch;
     double *sum_dy = (double *)((char *)a->scratch + floats_bytes(ch)), *sum_dy_xhat = sum_dy + ch;
-    for (int64_t j = 0; j < ch; j++) {
-        mean[j] = a->batch_stats ? ((const float *)a->saved)[j] : w.mean[j];
-        inv[j] = a->batch_stats ? ((const float *)a->saved)[ch + j]
-                                : (float)(1.0 / sqrt((double)w.var[j] + c->epsilon));
-    }
     int wi = 0;
     float *d_gamma = c->scale ? a->d_weights[wi++] : NULL;
     float *d_beta = c->center ? a->d_weights[wi++] : NULL;
     float *dx = a->d_inputs[0];
     const float *x = a->inputs[0];
     if (d_gamma || d_beta || (dx && a->batch_stats))
-        graft_f32_bn_backward_sums(x, a->output, a->d_output, a->epilogue, mean, inv, rows, ch,
+        graft_f32_bn_backward_sums(x, a->d_output, a->epilogue, mul, add, mean, inv, rows, ch,
                                    sum_dy, sum_dy_xhat, sum_dy_xhat + ch);
     for (int64_t j = 0; j < ch; j++) {
         if (d_gamma)
@@ -180,7 +183,7 @@ static void batch_norm_backward(const graft__layer *layer, const graft__backward
         mdy[j] = a->batch_stats ? (float)(sum_dy[j] / (double)rows) : 0.0f;
         mdx[j] = a->batch_stats ? (float)(sum_dy_xhat[j] / (double)rows) : 0.0f;
     }
-    graft_f32_bn_backward_input(x, a->output, a->d_output, a->epilogue, mean, inv, g, mdy, mdx,
+    graft_f32_bn_backward_input(x, a->d_output, a->epilogue, mul, add, mean, inv, g, mdy, mdx,
                                 rows, ch, dx, !(a->fresh & 1u));
 }
 

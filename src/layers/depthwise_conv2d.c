@@ -104,7 +104,10 @@ static void depthwise_backward(const graft__layer *layer, const graft__backward_
         graft_f32_dwconv2d_backward_weight_parallel(&g, a->inputs[0], dy, a->d_weights[0]);
     if (c->conv.use_bias && a->d_weights[1])
         graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
-    if (a->d_inputs[0])
+    if (a->d_inputs[0] && (a->fresh & 1u))
+        graft_f32_dwconv2d_backward_input_parallel_overwrite(&g, dy, layer->weights[0].data,
+                                                             a->d_inputs[0]);
+    else if (a->d_inputs[0])
         graft_f32_dwconv2d_backward_input_parallel(&g, dy, layer->weights[0].data, a->d_inputs[0]);
 }
 
@@ -138,4 +141,5 @@ const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .fold_affine = depthwise_fold_affine,
     .conv_geom = depthwise_geom,
     .absorbs_padding = 1,
+    .writes_fresh_grads = 1,
 };
