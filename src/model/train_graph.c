@@ -1,12 +1,6 @@
 #include "model/train_graph.h"
 
 #include <string.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <omp.h>
-static double nt_f[4096], nt_b[4096]; static int nt_on=-1; static long nt_steps;
-static void nt_dump(graft_model *m){ if(nt_on!=1) return; double tf=0,tb=0; for(int i=0;i<m->n_nodes;i++){tf+=nt_f[i];tb+=nt_b[i];} fprintf(stderr,"steps %ld fwd %.1f ms bwd %.1f ms\n",nt_steps,tf*1e3/nt_steps,tb*1e3/nt_steps); for(int i=0;i<m->n_nodes;i++) if(nt_f[i]+nt_b[i]>0) fprintf(stderr,"%-28s %-20s f %7.2f b %7.2f\n",m->nodes[i].layer->name,m->nodes[i].layer->ops->class_name,nt_f[i]*1e3/nt_steps,nt_b[i]*1e3/nt_steps);}
-
 
 #include "core/alloc.h"
 #include "core/error.h"
@@ -294,7 +288,6 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
 
 void graft__train_graph_free(graft__train_graph *tg)
 {
-    if(tg->model) nt_dump(tg->model);
     if (!tg->model)
         return;
     for (int i = 0; tg->saved && i < tg->model->n_nodes; i++)
@@ -398,9 +391,7 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
             .epilogue = absorbed_act(tg, i),
             .in_pad = tg->pad_before[i] >= 0 ? tg->pads[i] : NULL,
         };
-        if(nt_on<0) {nt_on=getenv("GRAFT_NT")!=NULL;} double t0=omp_get_wtime();
         node->layer->ops->forward(node->layer, &args);
-        nt_f[i]+=omp_get_wtime()-t0;
     }
 }
 
@@ -476,7 +467,6 @@ void graft__train_backward(graft__train_graph *tg, const float *d_output, int64_
                            uint64_t seed, int logits_output)
 {
     graft_model *m = tg->model;
-    nt_steps++;
     int out = m->output_node;
     if (!tg->needs_backward[out])
         return;
@@ -484,9 +474,7 @@ void graft__train_backward(graft__train_graph *tg, const float *d_output, int64_
            sizeof(float) * (size_t)(batch * graft__shape_elems(&m->nodes[out].shape)));
     for (int i = m->n_nodes - 1; i >= tg->first_backward; i--)
         if (tg->needs_backward[i] && i != m->input_node && tg->absorbed_by[i] < 0) {
-            double t0=omp_get_wtime();
             unsigned fresh = start_input_grads(tg, i, batch);
             backward_node(tg, i, batch, seed, logits_output && i == out, fresh);
-            nt_b[i]+=omp_get_wtime()-t0;
         }
 }
