@@ -216,6 +216,39 @@ static void pointwise_packed_backward_matches_ref(void **state)
                 }
 }
 
+/* The packed weight gradient of windowed convolutions (im2col chunks taken as
+ * a pointwise input) against the ref: strides, padding on one side only (as an
+ * absorbed ZeroPadding2D leaves it), more pixels than one chunk, uneven split. */
+static void conv2d_packed_weight_gradient_matches_ref(void **state)
+{
+    graft_conv_geom gs[4];
+    gs[0] = geom(2, 9, 7, 3, 5, 3, 3, 2, 2, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&gs[0], 1), 1);
+    gs[1] = geom(3, 30, 31, 3, 32, 3, 3, 2, 2, 1, 1); /* the stem, 1 chunk and a bit */
+    assert_int_equal(graft_conv_geom_init(&gs[1], 0), 1);
+    gs[1].in_h -= 1, gs[1].in_w -= 1; /* its padding (0,1),(0,1) taken into the window */
+    gs[2] = geom(1, 6, 5, 17, 9, 2, 3, 1, 2, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&gs[2], 1), 1);
+    gs[3] = geom(2, 11, 4, 8, 16, 1, 1, 1, 1, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&gs[3], 0), 1);
+    for (int i = 0; i < 4; i++) {
+        graft_conv_geom g = gs[i];
+        conv_case c = conv_case_new(g);
+        const int64_t px = g.batch * g.out_h * g.out_w, cut = px / 3 + 1;
+        float *want = rand_buf(c.nk, 1.0f), *got = guarded_buf(c.nk);
+        memcpy(got, want, sizeof(float) * (size_t)c.nk);
+        graft_f32_conv2d_backward_weight__ref(&g, c.in, c.r, want);
+        float *scratch = malloc(sizeof(float) * graft_f32_conv2d_backward_weight_scratch_floats(&g));
+        graft_f32_conv2d_backward_weight__packed(&g, 0, cut, c.in, c.r, got, scratch);
+        graft_f32_conv2d_backward_weight__packed(&g, cut, px, c.in, c.r, got, scratch);
+        char what[64];
+        snprintf(what, sizeof what, "packed conv dW case %d", i);
+        assert_true(close_enough(what, got, want, c.nk));
+        free(scratch), free(want), free(got);
+        conv_case_free(&c);
+    }
+}
+
 static void bias_backward_direct_matches_ref_and_keeps_to_its_channels(void **state)
 {
     static const int64_t chans[] = {1, 3, 16, 17, 300, 1280};
@@ -278,6 +311,7 @@ int main(void)
         cmocka_unit_test(conv2d_backward_gemm_chunks_and_pointwise_blocks_match_ref),
         cmocka_unit_test(bias_backward_direct_matches_ref_and_keeps_to_its_channels),
         cmocka_unit_test(pointwise_packed_backward_matches_ref),
+        cmocka_unit_test(conv2d_packed_weight_gradient_matches_ref),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -111,6 +111,14 @@ void graft_f32_pw_backward_weight__packed(int64_t p0, int64_t p1, int64_t in_c, 
                                           const float *in, const float *dout, float *dkernel,
                                           float *scratch);
 
+/* The weight gradient of any convolution the same way, over output pixels
+ * [p0, p1): chunks of pixels through im2col, each chunk's patches then taken as a
+ * pointwise layer's input. dkernel is (kernel_h, kernel_w, in_c, out_c), +=. */
+size_t graft_f32_conv2d_backward_weight_scratch_floats(const graft_conv_geom *g);
+void graft_f32_conv2d_backward_weight__packed(const graft_conv_geom *g, int64_t p0, int64_t p1,
+                                              const float *in, const float *dout, float *dkernel,
+                                              float *scratch);
+
 /* ---- DepthwiseConv2D ------------------------------------------------------- */
 /* Depth multiplier M = out_c / in_c; output channel c*M + m reads input channel c
  * with kernel[.., .., c, m]. Rows [row_start, row_end) index batch*out_h. */

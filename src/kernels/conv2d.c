@@ -361,3 +361,30 @@ void graft_f32_pw_backward_weight__packed(int64_t p0, int64_t p1, int64_t in_c, 
                                      out_c, dkernel, out_c);
     }
 }
+
+/* Pixels per im2col chunk of the packed weight gradient. */
+enum { PATCH_CHUNK = 512 };
+
+size_t graft_f32_conv2d_backward_weight_scratch_floats(const graft_conv_geom *g)
+{
+    const int64_t K = g->kernel_h * g->kernel_w * g->in_c;
+    return (size_t)(PATCH_CHUNK * K) + graft_f32_pw_backward_weight_scratch_floats(K, g->out_c);
+}
+
+void graft_f32_conv2d_backward_weight__packed(const graft_conv_geom *g, int64_t p0, int64_t p1,
+                                              const float *in, const float *dout, float *dkernel,
+                                              float *scratch)
+{
+    const int64_t K = g->kernel_h * g->kernel_w * g->in_c, CO = g->out_c;
+    if (is_pointwise(g)) {
+        graft_f32_pw_backward_weight__packed(p0, p1, K, CO, in, dout, dkernel, scratch);
+        return;
+    }
+    float *patches = scratch, *rest = scratch + PATCH_CHUNK * K;
+    for (int64_t c0 = p0; c0 < p1; c0 += PATCH_CHUNK) {
+        int64_t m = p1 - c0 < PATCH_CHUNK ? p1 - c0 : PATCH_CHUNK;
+        for (int64_t i = 0; i < m; i++)
+            im2col_pixel(g, in, c0 + i, patches + i * K);
+        graft_f32_pw_backward_weight__packed(0, m, K, CO, patches, dout + c0 * CO, dkernel, rest);
+    }
+}

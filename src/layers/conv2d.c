@@ -93,10 +93,10 @@ static size_t packed_floats(const graft_conv_geom *g)
     const int64_t K = g->kernel_h * g->kernel_w * g->in_c, N = g->out_c;
     size_t fwd = round16((size_t)graft_f32_gemm_packed_floats(K, N)) +
                  PARTS * round16(graft_f32_conv2d_fused_scratch_floats(g));
-    if (!is_pointwise(g))
-        return fwd;
     size_t dw = PARTS * round16((size_t)(K * N)) +
-                PARTS * round16(graft_f32_pw_backward_weight_scratch_floats(K, N));
+                PARTS * round16(graft_f32_conv2d_backward_weight_scratch_floats(g));
+    if (!is_pointwise(g))
+        return fwd > dw ? fwd : dw;
     size_t dx = round16((size_t)(K * N)) + round16((size_t)graft_f32_gemm_packed_floats(N, K));
     size_t most = fwd > dw ? fwd : dw;
     return most > dx ? most : dx;
@@ -175,21 +175,22 @@ static void conv2d_forward(const graft__layer *layer, const graft__forward_args 
     graft__activation_apply(c->conv.act, a->output, rows, g.out_c);
 }
 
-/* The packed weight gradient re-reads its (in_c, out_c) accumulator once per
+/* The packed weight gradient re-reads its (patch, out_c) accumulator once per
  * chunk of pixels, which for wide layers is only a few dozen pixels: there
  * OpenBLAS won (MobileNetV2's 7x7 layers, 320->1280: 17.7 ms against 24.8). */
 static int packed_weight_grad_pays(const graft_conv_geom *g)
 {
-    return g->in_c + g->out_c <= 496;
+    return g->kernel_h * g->kernel_w * g->in_c + g->out_c <= 496;
 }
 
 /* dkernel += in^T dy as the sum of PARTS pixel ranges' products, in order. */
 static void weight_grad_packed(const graft_conv_geom *g, const float *in, const float *dy,
                                float *dkernel, float *work)
 {
-    const int64_t CI = g->in_c, CO = g->out_c, pixels = g->batch * g->out_h * g->out_w;
+    const int64_t CI = g->kernel_h * g->kernel_w * g->in_c, CO = g->out_c;
+    const int64_t pixels = g->batch * g->out_h * g->out_w;
     const size_t part_stride = round16((size_t)(CI * CO));
-    const size_t chunk_stride = round16(graft_f32_pw_backward_weight_scratch_floats(CI, CO));
+    const size_t chunk_stride = round16(graft_f32_conv2d_backward_weight_scratch_floats(g));
     float *parts = work, *chunks = work + PARTS * part_stride;
 #pragma omp parallel num_threads(threads_for(PARTS))
     {
@@ -198,8 +199,8 @@ static void weight_grad_packed(const graft_conv_geom *g, const float *in, const 
         for (int p = 0; p < PARTS; p++) {
             float *acc = parts + (size_t)p * part_stride;
             memset(acc, 0, sizeof(float) * (size_t)(CI * CO));
-            graft_f32_pw_backward_weight__packed(pixels * p / PARTS, pixels * (p + 1) / PARTS, CI,
-                                                 CO, in, dy, acc, chunks + (size_t)t * chunk_stride);
+            graft_f32_conv2d_backward_weight__packed(g, pixels * p / PARTS, pixels * (p + 1) / PARTS,
+                                                     in, dy, acc, chunks + (size_t)t * chunk_stride);
         }
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < CI * CO; i++) {
@@ -240,7 +241,7 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
                                                          act_buf, rows, g.out_c);
     const int packed = packed_path(c) && is_pointwise(&g);
     if (a->d_weights[0]) {
-        if (packed && packed_weight_grad_pays(&g))
+        if (packed_path(c) && packed_weight_grad_pays(&g))
             weight_grad_packed(&g, a->inputs[0], dy, a->d_weights[0], work);
         else
             graft_f32_conv2d_backward_weight__gemm(&g, a->inputs[0], dy, a->d_weights[0], work);
