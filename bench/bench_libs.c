@@ -660,13 +660,16 @@ static void run(runner *r)
         if (r->op == FWD) {
             graft_forward(r);
         } else if (r->op == BWD_DATA) {
+            /* what training runs (layers/conv2d.c, depthwise_conv2d.c) */
             if (r->s->dw)
                 graft_f32_dwconv2d_backward_input_parallel(g, t->dy, t->w, t->dx);
             else
-                graft_f32_conv2d_backward_input__gemm(g, t->dy, t->w, t->dx, NULL);
+                graft_f32_conv2d_train_backward_input(g, t->dy, t->w, t->dx, 1, r->scratch);
         } else {
             if (r->s->dw)
                 graft_f32_dwconv2d_backward_weight_parallel(g, t->x, t->dy, t->dw);
+            else if (graft_f32_conv2d_train_weight_packed_pays(g))
+                graft_f32_conv2d_train_backward_weight(g, t->x, t->dy, t->dw, r->scratch);
             else
                 graft_f32_conv2d_backward_weight__gemm(g, t->x, t->dy, t->dw, NULL);
             graft_bias_backward(r);
@@ -753,6 +756,8 @@ static int setup(runner *r, char *impl, size_t impl_n)
             if (r->scratch_stride)
                 r->scratch = alloc_floats((int64_t)r->scratch_stride * r->threads);
         }
+        if (r->op != FWD && !r->s->dw) /* training's work area */
+            r->scratch = alloc_floats((int64_t)graft_f32_conv2d_train_scratch_floats(g));
         return 1;
     case L_OPENBLAS:
     case L_BLIS:

@@ -119,6 +119,24 @@ void graft_f32_conv2d_backward_weight__packed(const graft_conv_geom *g, int64_t 
                                               const float *in, const float *dout, float *dkernel,
                                               float *scratch);
 
+/* Training's whole-tensor convolution passes on the above, threaded here
+ * (OpenMP, up to 8 threads) over `work` of graft_f32_conv2d_train_scratch_floats:
+ * forward act(conv + bias) for act linear, relu or relu6; the weight gradient
+ * (+=) as the ordered sum of 8 fixed pixel ranges, worth it when the patch and
+ * output channels leave long chunks (train_weight_packed_pays; else the GEMM
+ * variant above); the input gradient of pointwise convolutions only. */
+int graft_f32_conv2d_is_pointwise(const graft_conv_geom *g);
+size_t graft_f32_conv2d_train_scratch_floats(const graft_conv_geom *g);
+void graft_f32_conv2d_train_forward(const graft_conv_geom *g, const float *in, const float *kernel,
+                                    const float *bias, graft__activation act, float *out,
+                                    float *work);
+int graft_f32_conv2d_train_weight_packed_pays(const graft_conv_geom *g);
+void graft_f32_conv2d_train_backward_weight(const graft_conv_geom *g, const float *in,
+                                            const float *dout, float *dkernel, float *work);
+void graft_f32_conv2d_train_backward_input(const graft_conv_geom *g, const float *dout,
+                                           const float *kernel, float *din, int accumulate,
+                                           float *work);
+
 /* ---- DepthwiseConv2D ------------------------------------------------------- */
 /* Depth multiplier M = out_c / in_c; output channel c*M + m reads input channel c
  * with kernel[.., .., c, m]. Rows [row_start, row_end) index batch*out_h. */

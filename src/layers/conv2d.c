@@ -1,5 +1,4 @@
 /* Conv2D: kernel (KH, KW, Cin, Cout) as Keras stores it, through im2col + GEMM. */
-#include <omp.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -63,44 +62,13 @@ static graft_conv_geom conv2d_geom(const graft__layer *layer, const graft__shape
     return g;
 }
 
-/* Training runs the convolution on graft's packed GEMM (the kernel packed at
- * each call, as it changes every step), the pixels split over up to PARTS
- * threads: OpenBLAS re-packed its operands on every call and ran MobileNetV2's
- * large-image layers at a third of that speed, forward and backward. The
- * weight gradient sums PARTS fixed pixel ranges, so it does not depend on the
- * thread count. Activations other than linear and ReLU(6) take the OpenBLAS path. */
-enum { PARTS = 8 };
-
 static int packed_path(const conv2d_config *c)
 {
     return c->conv.act == GRAFT__ACT_LINEAR || c->conv.act == GRAFT__ACT_RELU ||
            c->conv.act == GRAFT__ACT_RELU6;
 }
 
-static int is_pointwise(const graft_conv_geom *g)
-{
-    return g->kernel_h == 1 && g->kernel_w == 1 && g->stride_h == 1 && g->stride_w == 1 &&
-           g->pad_top == 0 && g->pad_left == 0;
-}
-
 static size_t round16(size_t floats) { return (floats + 15) / 16 * 16; }
-
-/* Floats of the packed path's work area: forward's packed kernel and per-thread
- * im2col chunks, or backward's per-part weight gradients and per-thread chunks,
- * or its packed transposed kernel. */
-static size_t packed_floats(const graft_conv_geom *g)
-{
-    const int64_t K = g->kernel_h * g->kernel_w * g->in_c, N = g->out_c;
-    size_t fwd = round16((size_t)graft_f32_gemm_packed_floats(K, N)) +
-                 PARTS * round16(graft_f32_conv2d_fused_scratch_floats(g));
-    size_t dw = PARTS * round16((size_t)(K * N)) +
-                PARTS * round16(graft_f32_conv2d_backward_weight_scratch_floats(g));
-    if (!is_pointwise(g))
-        return fwd > dw ? fwd : dw;
-    size_t dx = round16((size_t)(K * N)) + round16((size_t)graft_f32_gemm_packed_floats(N, K));
-    size_t most = fwd > dw ? fwd : dw;
-    return most > dx ? most : dx;
-}
 
 /* Room for dy * f' (a non-linear fused activation), then the GEMM work area. */
 static size_t act_bytes(const conv2d_config *c, const graft__shape *out, int64_t batch)
@@ -115,7 +83,7 @@ static size_t conv2d_scratch(const graft__layer *layer, int n_inputs, const graf
     const conv2d_config *c = layer->config;
     graft_conv_geom g = conv2d_geom(layer, &in[0], batch);
     size_t im2col = graft_f32_conv2d_scratch_bytes(&g);
-    size_t packed = packed_path(c) ? sizeof(float) * packed_floats(&g) : 0;
+    size_t packed = packed_path(c) ? sizeof(float) * graft_f32_conv2d_train_scratch_floats(&g) : 0;
     return act_bytes(c, out, batch) + (im2col > packed ? im2col : packed);
 }
 
@@ -125,29 +93,6 @@ static size_t conv2d_saved(const graft__layer *layer, const graft__shape *out, i
     return graft__activation_derivative_from_output(c->conv.act)
                ? 0
                : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
-}
-
-static int threads_for(int64_t pixels)
-{
-    int t = graft_threads();
-    t = t < PARTS ? t : PARTS;
-    return pixels < t ? (int)(pixels > 0 ? pixels : 1) : t;
-}
-
-static void forward_packed(const graft_conv_geom *g, const float *in, const float *kernel,
-                           const float *bias, graft__activation act, float *out, float *work)
-{
-    const int64_t K = g->kernel_h * g->kernel_w * g->in_c, pixels = g->batch * g->out_h * g->out_w;
-    float *packed = work, *chunks = work + round16((size_t)graft_f32_gemm_packed_floats(K, g->out_c));
-    const size_t stride = round16(graft_f32_conv2d_fused_scratch_floats(g));
-    graft_f32_gemm_pack(K, g->out_c, kernel, bias, packed);
-#pragma omp parallel num_threads(threads_for(pixels))
-    {
-        int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-        int64_t p0 = pixels * t / nt, p1 = pixels * (t + 1) / nt;
-        graft_f32_conv2d_fused__packed(g, p0, p1, in, packed, act, out + p0 * g->out_c,
-                                       chunks + (size_t)t * stride);
-    }
 }
 
 static void conv2d_forward(const graft__layer *layer, const graft__forward_args *a)
@@ -163,8 +108,9 @@ static void conv2d_forward(const graft__layer *layer, const graft__forward_args 
     }
     const float *bias = c->conv.use_bias ? layer->weights[1].data : NULL;
     if (packed_path(c) && !a->logits) {
-        forward_packed(&g, a->inputs[0], layer->weights[0].data, bias, c->conv.act, a->output,
-                       (float *)((char *)a->scratch + act_bytes(c, a->out_shape, a->batch)));
+        graft_f32_conv2d_train_forward(&g, a->inputs[0], layer->weights[0].data, bias, c->conv.act,
+                                       a->output,
+                                       (float *)((char *)a->scratch + act_bytes(c, a->out_shape, a->batch)));
         return;
     }
     graft_f32_conv2d__gemm(&g, a->inputs[0], layer->weights[0].data, bias, a->output, a->scratch);
@@ -173,60 +119,6 @@ static void conv2d_forward(const graft__layer *layer, const graft__forward_args 
     if (a->saved && !graft__activation_derivative_from_output(c->conv.act))
         memcpy(a->saved, a->output, sizeof(float) * (size_t)(rows * g.out_c));
     graft__activation_apply(c->conv.act, a->output, rows, g.out_c);
-}
-
-/* The packed weight gradient re-reads its (patch, out_c) accumulator once per
- * chunk of pixels, which for wide layers is only a few dozen pixels: there
- * OpenBLAS won (MobileNetV2's 7x7 layers, 320->1280: 17.7 ms against 24.8). */
-static int packed_weight_grad_pays(const graft_conv_geom *g)
-{
-    return g->kernel_h * g->kernel_w * g->in_c + g->out_c <= 496;
-}
-
-/* dkernel += in^T dy as the sum of PARTS pixel ranges' products, in order. */
-static void weight_grad_packed(const graft_conv_geom *g, const float *in, const float *dy,
-                               float *dkernel, float *work)
-{
-    const int64_t CI = g->kernel_h * g->kernel_w * g->in_c, CO = g->out_c;
-    const int64_t pixels = g->batch * g->out_h * g->out_w;
-    const size_t part_stride = round16((size_t)(CI * CO));
-    const size_t chunk_stride = round16(graft_f32_conv2d_backward_weight_scratch_floats(g));
-    float *parts = work, *chunks = work + PARTS * part_stride;
-#pragma omp parallel num_threads(threads_for(PARTS))
-    {
-        int t = omp_get_thread_num();
-#pragma omp for schedule(static)
-        for (int p = 0; p < PARTS; p++) {
-            float *acc = parts + (size_t)p * part_stride;
-            memset(acc, 0, sizeof(float) * (size_t)(CI * CO));
-            graft_f32_conv2d_backward_weight__packed(g, pixels * p / PARTS, pixels * (p + 1) / PARTS,
-                                                     in, dy, acc, chunks + (size_t)t * chunk_stride);
-        }
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < CI * CO; i++) {
-            float sum = 0.0f;
-            for (int p = 0; p < PARTS; p++)
-                sum += parts[(size_t)p * part_stride + (size_t)i];
-            dkernel[i] += sum;
-        }
-    }
-}
-
-static void input_grad_packed(const graft_conv_geom *g, const float *dy, const float *kernel,
-                              float *din, int accumulate, float *work)
-{
-    const int64_t CI = g->in_c, CO = g->out_c, pixels = g->batch * g->out_h * g->out_w;
-    float *kt = work, *packed = work + round16((size_t)(CI * CO));
-    for (int64_t i = 0; i < CI; i++)
-        for (int64_t o = 0; o < CO; o++)
-            kt[o * CI + i] = kernel[i * CO + o];
-    graft_f32_gemm_pack(CO, CI, kt, NULL, packed);
-#pragma omp parallel num_threads(threads_for(pixels))
-    {
-        int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-        graft_f32_pw_backward_input__packed(pixels * t / nt, pixels * (t + 1) / nt, CI, CO, dy,
-                                            packed, din, accumulate);
-    }
 }
 
 static void conv2d_backward(const graft__layer *layer, const graft__backward_args *a)
@@ -239,10 +131,10 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
     const float *dy = a->logits ? a->d_output
                                 : graft__activation_grad(c->conv.act, a->saved, a->output, a->d_output,
                                                          act_buf, rows, g.out_c);
-    const int packed = packed_path(c) && is_pointwise(&g);
+    const int packed = packed_path(c) && graft_f32_conv2d_is_pointwise(&g);
     if (a->d_weights[0]) {
-        if (packed_path(c) && packed_weight_grad_pays(&g))
-            weight_grad_packed(&g, a->inputs[0], dy, a->d_weights[0], work);
+        if (packed_path(c) && graft_f32_conv2d_train_weight_packed_pays(&g))
+            graft_f32_conv2d_train_backward_weight(&g, a->inputs[0], dy, a->d_weights[0], work);
         else
             graft_f32_conv2d_backward_weight__gemm(&g, a->inputs[0], dy, a->d_weights[0], work);
     }
@@ -252,7 +144,8 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
     if (!din)
         return;
     if (packed) {
-        input_grad_packed(&g, dy, layer->weights[0].data, din, !(a->fresh & 1u), work);
+        graft_f32_conv2d_train_backward_input(&g, dy, layer->weights[0].data, din,
+                                              !(a->fresh & 1u), work);
         return;
     }
     if (a->fresh & 1u)
