@@ -204,13 +204,12 @@ static void pointwise_packed_backward_matches_ref(void **state)
                     float *dk_want = rand_buf(c.nk, 1.0f), *dk_got = guarded_buf(c.nk);
                     memcpy(dk_got, dk_want, sizeof(float) * (size_t)c.nk);
                     graft_f32_conv2d_backward_weight__ref(&g, c.in, c.r, dk_want);
-                    float *scratch = malloc(sizeof(float) * graft_f32_pw_backward_weight_scratch_floats(ci, co));
-                    graft_f32_pw_backward_weight__packed(0, cut, ci, co, c.in, c.r, dk_got, scratch);
-                    graft_f32_pw_backward_weight__packed(cut, px, ci, co, c.in, c.r, dk_got, scratch);
+                    graft_f32_pw_backward_weight__direct(0, cut, ci, co, c.in, c.r, dk_got);
+                    graft_f32_pw_backward_weight__direct(cut, px, ci, co, c.in, c.r, dk_got);
                     snprintf(what, sizeof what, "pw packed dW %lld px %lld->%lld", (long long)px,
                              (long long)ci, (long long)co);
                     assert_true(close_enough(what, dk_got, dk_want, c.nk));
-                    free(kt), free(packed), free(scratch);
+                    free(kt), free(packed);
                     free(din_want), free(din_got), free(dk_want), free(dk_got);
                     conv_case_free(&c);
                 }
@@ -238,9 +237,9 @@ static void conv2d_packed_weight_gradient_matches_ref(void **state)
         float *want = rand_buf(c.nk, 1.0f), *got = guarded_buf(c.nk);
         memcpy(got, want, sizeof(float) * (size_t)c.nk);
         graft_f32_conv2d_backward_weight__ref(&g, c.in, c.r, want);
-        float *scratch = malloc(sizeof(float) * graft_f32_conv2d_backward_weight_scratch_floats(&g));
-        graft_f32_conv2d_backward_weight__packed(&g, 0, cut, c.in, c.r, got, scratch);
-        graft_f32_conv2d_backward_weight__packed(&g, cut, px, c.in, c.r, got, scratch);
+        float *scratch = malloc(sizeof(float) * (graft_f32_conv2d_backward_weight_scratch_floats(&g) + 1));
+        graft_f32_conv2d_backward_weight__tiled(&g, 0, cut, c.in, c.r, got, scratch);
+        graft_f32_conv2d_backward_weight__tiled(&g, cut, px, c.in, c.r, got, scratch);
         char what[64];
         snprintf(what, sizeof what, "packed conv dW case %d", i);
         assert_true(close_enough(what, got, want, c.nk));

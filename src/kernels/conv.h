@@ -105,17 +105,15 @@ void graft_f32_pw_backward_input__packed(int64_t p0, int64_t p1, int64_t in_c, i
                                          const float *dout, const float *packed_t, float *din,
                                          int accumulate);
 /* Weight gradient: dkernel (in_c, out_c) += in^T @ dout over pixels [p0, p1),
- * in chunks whose transposed input and packed dout stay in cache. */
-size_t graft_f32_pw_backward_weight_scratch_floats(int64_t in_c, int64_t out_c);
-void graft_f32_pw_backward_weight__packed(int64_t p0, int64_t p1, int64_t in_c, int64_t out_c,
-                                          const float *in, const float *dout, float *dkernel,
-                                          float *scratch);
+ * by register tiles over chunks of pixels that stay in cache. */
+void graft_f32_pw_backward_weight__direct(int64_t p0, int64_t p1, int64_t in_c, int64_t out_c,
+                                          const float *in, const float *dout, float *dkernel);
 
 /* The weight gradient of any convolution the same way, over output pixels
  * [p0, p1): chunks of pixels through im2col, each chunk's patches then taken as a
  * pointwise layer's input. dkernel is (kernel_h, kernel_w, in_c, out_c), +=. */
 size_t graft_f32_conv2d_backward_weight_scratch_floats(const graft_conv_geom *g);
-void graft_f32_conv2d_backward_weight__packed(const graft_conv_geom *g, int64_t p0, int64_t p1,
+void graft_f32_conv2d_backward_weight__tiled(const graft_conv_geom *g, int64_t p0, int64_t p1,
                                               const float *in, const float *dout, float *dkernel,
                                               float *scratch);
 

@@ -3,6 +3,7 @@
 
 #include "kernels/conv.h"
 #include "kernels/gemm.h"
+#include "kernels/simd.h"
 #include "kernels/window.h"
 
 void graft_f32_conv2d__ref(const graft_conv_geom *g, const float *in, const float *kernel,
@@ -329,62 +330,100 @@ void graft_f32_pw_backward_input__packed(int64_t p0, int64_t p1, int64_t in_c, i
                                  GRAFT__ACT_LINEAR, accumulate ? c : NULL, in_c, c, in_c);
 }
 
-/* Pixels per chunk: the transposed input (in_c x chunk) and packed dout (chunk
- * x out_c) together about 128 KiB, in L2 while the GEMM reads them. */
-static int64_t pw_weight_chunk(int64_t in_c, int64_t out_c)
+/* A register tile of the weight gradient: rows [i0, i0 + MI) of dkernel by NV
+ * vectors of columns from j0, summed over n pixels, then added to dkernel. The
+ * input values are broadcast from their rows and dout's read in place, so
+ * neither needs packing (which had cost as much as the multiplications). */
+static inline __attribute__((always_inline)) void pw_weight_tile(
+    const float *in, int64_t in_c, const float *dout, int64_t out_c, int64_t n, int64_t i0,
+    int64_t j0, float *dkernel, const int MI, const int NV)
 {
-    int64_t chunk = (int64_t)(32768 / (in_c + out_c + 16)) / 8 * 8;
-    return chunk < 16 ? 16 : chunk > 512 ? 512 : chunk;
-}
-
-size_t graft_f32_pw_backward_weight_scratch_floats(int64_t in_c, int64_t out_c)
-{
-    int64_t chunk = pw_weight_chunk(in_c, out_c);
-    return (size_t)(chunk * in_c + graft_f32_gemm_packed_floats(chunk, out_c));
-}
-
-void graft_f32_pw_backward_weight__packed(int64_t p0, int64_t p1, int64_t in_c, int64_t out_c,
-                                          const float *in, const float *dout, float *dkernel,
-                                          float *scratch)
-{
-    const int64_t chunk = pw_weight_chunk(in_c, out_c);
-    float *xt = scratch, *packed = scratch + chunk * in_c;
-    for (int64_t c0 = p0; c0 < p1; c0 += chunk) {
-        int64_t k = p1 - c0 < chunk ? p1 - c0 : chunk;
-        for (int64_t i = 0; i < k; i++) {
-            const float *row = in + (c0 + i) * in_c;
-            for (int64_t c = 0; c < in_c; c++)
-                xt[c * k + i] = row[c];
+    graft_vf acc[6][2];
+    for (int r = 0; r < MI; r++)
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = graft_vsplat(0.0f);
+    for (int64_t p = 0; p < n; p++) {
+        const float *x = in + p * in_c + i0, *dy = dout + p * out_c + j0;
+        graft_vf b[2];
+        for (int v = 0; v < NV; v++)
+            b[v] = graft_vload(dy + v * GRAFT_VL);
+        for (int r = 0; r < MI; r++) {
+            graft_vf xs = graft_vsplat(x[r]);
+            for (int v = 0; v < NV; v++)
+                acc[r][v] += xs * b[v];
         }
-        graft_f32_gemm_pack(k, out_c, dout + c0 * out_c, NULL, packed);
-        graft_f32_gemm_fused__packed(in_c, out_c, k, xt, k, packed, GRAFT__ACT_LINEAR, dkernel,
-                                     out_c, dkernel, out_c);
+    }
+    for (int r = 0; r < MI; r++)
+        for (int v = 0; v < NV; v++) {
+            float *d = dkernel + (i0 + r) * out_c + j0 + v * GRAFT_VL;
+            graft_vstore(d, graft_vload(d) + acc[r][v]);
+        }
+}
+
+static void pw_weight_rows(const float *in, int64_t in_c, const float *dout, int64_t out_c,
+                           int64_t n, int64_t i0, int mi, float *dkernel)
+{
+    int64_t j0 = 0;
+#define TILE_CASES(NV)                                                                            \
+    switch (mi) {                                                                                 \
+    case 6: pw_weight_tile(in, in_c, dout, out_c, n, i0, j0, dkernel, 6, NV); break;             \
+    case 5: pw_weight_tile(in, in_c, dout, out_c, n, i0, j0, dkernel, 5, NV); break;             \
+    case 4: pw_weight_tile(in, in_c, dout, out_c, n, i0, j0, dkernel, 4, NV); break;             \
+    case 3: pw_weight_tile(in, in_c, dout, out_c, n, i0, j0, dkernel, 3, NV); break;             \
+    case 2: pw_weight_tile(in, in_c, dout, out_c, n, i0, j0, dkernel, 2, NV); break;             \
+    default: pw_weight_tile(in, in_c, dout, out_c, n, i0, j0, dkernel, 1, NV); break;            \
+    }
+    for (; j0 + 2 * GRAFT_VL <= out_c; j0 += 2 * GRAFT_VL)
+        TILE_CASES(2)
+    for (; j0 + GRAFT_VL <= out_c; j0 += GRAFT_VL)
+        TILE_CASES(1)
+#undef TILE_CASES
+    for (int r = 0; r < mi; r++)
+        for (int64_t j = j0; j < out_c; j++) {
+            float sum = 0.0f;
+            for (int64_t p = 0; p < n; p++)
+                sum += in[p * in_c + i0 + r] * dout[p * out_c + j];
+            dkernel[(i0 + r) * out_c + j] += sum;
+        }
+}
+
+/* Pixels per chunk: its input and dout rows stay in L2 while every tile
+ * streams them. */
+enum { PW_WEIGHT_CHUNK = 256 };
+
+void graft_f32_pw_backward_weight__direct(int64_t p0, int64_t p1, int64_t in_c, int64_t out_c,
+                                          const float *in, const float *dout, float *dkernel)
+{
+    for (int64_t c0 = p0; c0 < p1; c0 += PW_WEIGHT_CHUNK) {
+        int64_t n = p1 - c0 < PW_WEIGHT_CHUNK ? p1 - c0 : PW_WEIGHT_CHUNK;
+        for (int64_t i0 = 0; i0 < in_c; i0 += 6)
+            pw_weight_rows(in + c0 * in_c, in_c, dout + c0 * out_c, out_c, n, i0,
+                           in_c - i0 < 6 ? (int)(in_c - i0) : 6, dkernel);
     }
 }
 
-/* Pixels per im2col chunk of the packed weight gradient. */
+/* Pixels per im2col chunk of the tiled weight gradient. */
 enum { PATCH_CHUNK = 512 };
 
 size_t graft_f32_conv2d_backward_weight_scratch_floats(const graft_conv_geom *g)
 {
-    const int64_t K = g->kernel_h * g->kernel_w * g->in_c;
-    return (size_t)(PATCH_CHUNK * K) + graft_f32_pw_backward_weight_scratch_floats(K, g->out_c);
+    return is_pointwise(g) ? 0 : (size_t)(PATCH_CHUNK * g->kernel_h * g->kernel_w * g->in_c);
 }
 
-void graft_f32_conv2d_backward_weight__packed(const graft_conv_geom *g, int64_t p0, int64_t p1,
+void graft_f32_conv2d_backward_weight__tiled(const graft_conv_geom *g, int64_t p0, int64_t p1,
                                               const float *in, const float *dout, float *dkernel,
                                               float *scratch)
 {
     const int64_t K = g->kernel_h * g->kernel_w * g->in_c, CO = g->out_c;
     if (is_pointwise(g)) {
-        graft_f32_pw_backward_weight__packed(p0, p1, K, CO, in, dout, dkernel, scratch);
+        graft_f32_pw_backward_weight__direct(p0, p1, K, CO, in, dout, dkernel);
         return;
     }
-    float *patches = scratch, *rest = scratch + PATCH_CHUNK * K;
+    float *patches = scratch;
     for (int64_t c0 = p0; c0 < p1; c0 += PATCH_CHUNK) {
         int64_t m = p1 - c0 < PATCH_CHUNK ? p1 - c0 : PATCH_CHUNK;
         for (int64_t i = 0; i < m; i++)
             im2col_pixel(g, in, c0 + i, patches + i * K);
-        graft_f32_pw_backward_weight__packed(0, m, K, CO, patches, dout + c0 * CO, dkernel, rest);
+        graft_f32_pw_backward_weight__direct(0, m, K, CO, patches, dout + c0 * CO, dkernel);
     }
 }

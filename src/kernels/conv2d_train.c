@@ -78,7 +78,7 @@ void graft_f32_conv2d_train_backward_weight(const graft_conv_geom *g, const floa
         for (int p = 0; p < PARTS; p++) {
             float *acc = parts + (size_t)p * part_stride;
             memset(acc, 0, sizeof(float) * (size_t)(CI * CO));
-            graft_f32_conv2d_backward_weight__packed(g, pixels * p / PARTS, pixels * (p + 1) / PARTS,
+            graft_f32_conv2d_backward_weight__tiled(g, pixels * p / PARTS, pixels * (p + 1) / PARTS,
                                                      in, dout, acc, chunks + (size_t)t * chunk_stride);
         }
 #pragma omp for schedule(static)
