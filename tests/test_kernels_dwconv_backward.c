@@ -201,6 +201,19 @@ static void dwconv_backward_input_overwrite_ignores_old_values(void **state)
                 dw_case_free(&c);
                 free(want), free(got);
             }
+    /* a window taller than the direct kernel takes: the ref, rows cleared first */
+    graft_conv_geom g = geom(1, 70, 4, 3, 3, 65, 1, 1, 1, 1, 1); /* 65 taps > 64 */
+    assert_int_equal(graft_conv_geom_init(&g, 1), 1);
+    dw_case c = dw_case_new(g);
+    float *want = guarded_buf(c.nin), *got = guarded_buf(c.nin);
+    memset(want, 0, sizeof(float) * (size_t)c.nin);
+    for (int64_t i = 0; i < c.nin; i++)
+        got[i] = NAN;
+    graft_f32_dwconv2d_backward_input__ref(&g, 0, g.batch * g.in_h, c.r, c.kernel, want);
+    graft_f32_dwconv2d_backward_input_parallel_overwrite(&g, c.r, c.kernel, got);
+    assert_true(close_enough("dw backward input overwrite, big window", got, want, c.nin));
+    dw_case_free(&c);
+    free(want), free(got);
 }
 
 static void dwconv_backward_weight_sums_large_batches_accurately(void **state)

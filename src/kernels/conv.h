@@ -280,9 +280,8 @@ void graft_f32_dwconv2d_backward_input_parallel(const graft_conv_geom *g,
                                                 const float *dout,   /* (N, out_h, out_w, in_c*M) */
                                                 const float *kernel, /* (kernel_h, kernel_w, in_c, M) */
                                                 float *din);
-/* The same writing din instead of adding to it (its old contents unread): each
- * input row is cleared just before its gathers, while in cache, rather than the
- * whole tensor zeroed beforehand in a pass of its own. */
+/* The same writing din instead of adding to it (its old contents unread), so
+ * the tensor needs no zeroing pass of its own beforehand. */
 void graft_f32_dwconv2d_backward_input_parallel_overwrite(const graft_conv_geom *g,
                                                           const float *dout, const float *kernel,
                                                           float *din);         /* (N, in_h, in_w, in_c), += */

@@ -87,12 +87,12 @@ static int taps_reaching(int64_t i, int64_t k_count, int64_t pad, int64_t s, int
 static inline __attribute__((always_inline)) void
 dwi_tile(float *d, const float *dyimg, const float *kernel, int64_t c, int64_t CO, int64_t OW,
          int64_t KW, int nky, const int64_t *kys, const int64_t *oys, int nkx, const int64_t *kxs,
-         const int64_t *oxs, const int NV)
+         const int64_t *oxs, const int NV, int accumulate)
 {
     graft_vf acc[4];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; v++)
-        acc[v] = graft_vload(d + c + v * GRAFT_VL);
+        acc[v] = accumulate ? graft_vload(d + c + v * GRAFT_VL) : graft_vsplat(0.0f);
     for (int a = 0; a < nky; a++)
         for (int b = 0; b < nkx; b++) {
             const float *dy = dyimg + (oys[a] * OW + oxs[b]) * CO + c;
@@ -106,13 +106,14 @@ dwi_tile(float *d, const float *dyimg, const float *kernel, int64_t c, int64_t C
         graft_vstore(d + c + v * GRAFT_VL, acc[v]);
 }
 
-void graft_f32_dwconv2d_backward_input__direct(const graft_conv_geom *g, int64_t row_start,
-                                               int64_t row_end, const float *dout,
-                                               const float *kernel, float *din)
+static void backward_input_rows(const graft_conv_geom *g, int64_t row_start, int64_t row_end,
+                                const float *dout, const float *kernel, float *din, int accumulate)
 {
     const int64_t H = g->in_h, W = g->in_w, C = g->in_c, CO = g->out_c, M = CO / C;
     const int64_t KW = g->kernel_w, OW = g->out_w;
     if (g->kernel_h > DWB_MAX_TAPS || KW > DWB_MAX_TAPS) {
+        if (!accumulate)
+            memset(din + row_start * W * C, 0, sizeof(float) * (size_t)((row_end - row_start) * W * C));
         graft_f32_dwconv2d_backward_input__ref(g, row_start, row_end, dout, kernel, din);
         return;
     }
@@ -128,11 +129,15 @@ void graft_f32_dwconv2d_backward_input__direct(const graft_conv_geom *g, int64_t
             int64_t c = 0;
             if (M == 1) {
                 for (; c + 4 * GRAFT_VL <= C; c += 4 * GRAFT_VL)
-                    dwi_tile(d, dyimg, kernel, c, CO, OW, KW, nky, kys, oys, nkx, kxs, oxs, 4);
+                    dwi_tile(d, dyimg, kernel, c, CO, OW, KW, nky, kys, oys, nkx, kxs, oxs, 4,
+                             accumulate);
                 for (; c + GRAFT_VL <= C; c += GRAFT_VL)
-                    dwi_tile(d, dyimg, kernel, c, CO, OW, KW, nky, kys, oys, nkx, kxs, oxs, 1);
+                    dwi_tile(d, dyimg, kernel, c, CO, OW, KW, nky, kys, oys, nkx, kxs, oxs, 1,
+                             accumulate);
             }
             /* Channel tail, and every channel when M > 1. */
+            if (!accumulate)
+                memset(d + c, 0, sizeof(float) * (size_t)(C - c));
             for (int a = 0; a < nky; a++)
                 for (int b = 0; b < nkx; b++) {
                     const float *restrict dy = dyimg + (oys[a] * OW + oxs[b]) * CO;
@@ -146,6 +151,13 @@ void graft_f32_dwconv2d_backward_input__direct(const graft_conv_geom *g, int64_t
                 }
         }
     }
+}
+
+void graft_f32_dwconv2d_backward_input__direct(const graft_conv_geom *g, int64_t row_start,
+                                               int64_t row_end, const float *dout,
+                                               const float *kernel, float *din)
+{
+    backward_input_rows(g, row_start, row_end, dout, kernel, din, 1);
 }
 
 /* Floats of the per-row partial sums of the weight gradient (16 KiB of stack). */
@@ -316,15 +328,12 @@ void graft_f32_dwconv2d_backward_input_parallel_overwrite(const graft_conv_geom 
                                                           const float *dout, const float *kernel,
                                                           float *din)
 {
-    const int64_t rows = g->batch * g->in_h, row_floats = g->in_w * g->in_c;
+    const int64_t rows = g->batch * g->in_h;
 #pragma omp parallel
     {
         int64_t s, e;
         graft__split_range(rows, omp_get_thread_num(), omp_get_num_threads(), &s, &e);
-        for (int64_t r = s; r < e; r++) {
-            memset(din + r * row_floats, 0, sizeof(float) * (size_t)row_floats);
-            graft_f32_dwconv2d_backward_input__direct(g, r, r + 1, dout, kernel, din);
-        }
+        backward_input_rows(g, s, e, dout, kernel, din, 0);
     }
 }
 
