@@ -83,8 +83,10 @@ void graft_f32_bn_backward_input__ref(const float *x, const float *dy, graft__ac
 /* The rows split into at most PARTS parts of at least PART_MIN rows, each
  * summed into doubles of its own and the parts merged in order: the same
  * result on any number of threads. Within a part, float partial sums over
- * BLOCK rows of a TILE of channels (in L1) go into the doubles. */
-enum { PARTS = 64, PART_MIN = 512, BLOCK = 32, TILE = 256 };
+ * BLOCK rows of a TILE of channels (in L1) go into the doubles. Parts of 128
+ * rows give a 7x7 batch of 32 twelve parts, which two threads share evenly (3
+ * parts of 512 left one thread a third of the work idle). */
+enum { PARTS = 64, PART_MIN = 128, BLOCK = 32, TILE = 256 };
 
 static int64_t parts_of(int64_t rows)
 {
