@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "kernels/batch_norm.h"
 #include "kernels/conv.h"
 #include "kernel_tester.h"
 
@@ -268,9 +269,53 @@ static void conv2d_gemm_mobilenet_conv1_stride2_matches_ref(void **state)
     assert_true(gemm_matches_ref(g, 0, "conv1"));
 }
 
+/* Training's forward that also takes its output's moments: the output as the
+ * ref computes it, and the moments, merged from their 8 parts, as the
+ * double-precision ref computes them from that output; including fewer pixels
+ * than parts (empty parts), a windowed convolution, small outputs (moments
+ * after the forward) and a large one (moments chunk by chunk inside it). */
+static void conv2d_train_forward_moments_match_refs(void **state)
+{
+    graft_conv_geom gs[4];
+    gs[0] = geom(2, 9, 7, 5, 17, 1, 1, 1, 1, 1, 1);
+    gs[1] = geom(1, 2, 3, 4, 9, 1, 1, 1, 1, 1, 1); /* 6 pixels, 8 parts */
+    gs[2] = geom(3, 25, 23, 3, 8, 3, 3, 2, 2, 1, 1);
+    gs[3] = geom(2, 40, 40, 16, 40, 1, 1, 1, 1, 1, 1); /* 3200 pixels: parts of 400 in chunks of 128 */
+    for (int i = 0; i < 4; i++) {
+        graft_conv_geom g = gs[i];
+        assert_int_equal(graft_conv_geom_init(&g, 1), 1);
+        const int64_t pixels = g.batch * g.out_h * g.out_w, co = g.out_c;
+        float *in = rand_buf(g.batch * g.in_h * g.in_w * g.in_c, 1.0f);
+        float *kernel = rand_buf(g.kernel_h * g.kernel_w * g.in_c * co, 1.0f);
+        float *bias = rand_buf(co, 3.0f);
+        float *want = guarded_buf(pixels * co), *got = guarded_buf(pixels * co);
+        graft_f32_conv2d__ref(&g, in, kernel, bias, want);
+        float *work = malloc(sizeof(float) * graft_f32_conv2d_train_scratch_floats(&g));
+        double *parts = malloc(sizeof(double) * 2 * GRAFT_CONV_TRAIN_PARTS * (size_t)co);
+        graft_f32_conv2d_train_forward_moments(&g, in, kernel, bias, got, work, parts,
+                                               parts + GRAFT_CONV_TRAIN_PARTS * co);
+        char what[64];
+        snprintf(what, sizeof what, "train forward with moments, case %d", i);
+        assert_true(close_enough(what, got, want, pixels * co));
+        double *mean = malloc(sizeof(double) * 4 * (size_t)co), *var = mean + co,
+               *rmean = var + co, *rvar = rmean + co;
+        graft_f32_channel_moments_merge(parts, parts + GRAFT_CONV_TRAIN_PARTS * co,
+                                        GRAFT_CONV_TRAIN_PARTS, pixels, co, mean, var);
+        graft_f32_channel_moments__ref(want, pixels, co, rmean, rvar);
+        for (int64_t c = 0; c < co; c++) {
+            double spread = sqrt(rvar[c]) + 1e-6;
+            assert_true(fabs(mean[c] - rmean[c]) <= 1e-5 * (fabs(rmean[c]) + spread));
+            assert_true(fabs(var[c] - rvar[c]) <= 1e-4 * rvar[c] + 1e-9);
+        }
+        free(in), free(kernel), free(bias), free(want), free(got), free(work), free(parts),
+            free(mean);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(conv2d_train_forward_moments_match_refs),
         cmocka_unit_test(geom_same_stride2_even_input_pads_zero_top_one_bottom),
         cmocka_unit_test(geom_same_stride2_odd_input_pads_one_each_side),
         cmocka_unit_test(geom_same_stride1_odd_total_puts_extra_at_bottom),

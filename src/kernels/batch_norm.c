@@ -153,6 +153,41 @@ static void moments_block(const float *x, int64_t ch, int64_t r0, int64_t r1, in
     }
 }
 
+void graft_f32_channel_moments_add_rows(const float *x, int64_t rows, int64_t ch,
+                                        int64_t n_before, double *mean, double *m2)
+{
+    if (n_before == 0)
+        for (int64_t c = 0; c < ch; c++)
+            mean[c] = m2[c] = 0.0;
+    for (int64_t b = 0; b < rows; b += BLOCK) {
+        int64_t b1 = rows - b < BLOCK ? rows : b + BLOCK;
+        for (int64_t c0 = 0; c0 < ch; c0 += TILE)
+            moments_block(x, ch, b, b1, c0, ch - c0 < TILE ? ch - c0 : TILE, n_before + b,
+                          mean + c0, m2 + c0);
+    }
+}
+
+void graft_f32_channel_moments_merge(const double *part_mean, const double *part_m2,
+                                     int64_t parts, int64_t rows, int64_t ch, double *mean,
+                                     double *var)
+{
+    for (int64_t c = 0; c < ch; c++) {
+        double m = 0.0, q = 0.0;
+        int64_t n = 0;
+        for (int64_t p = 0; p < parts; p++) {
+            int64_t np = rows * (p + 1) / parts - rows * p / parts;
+            if (np == 0)
+                continue;
+            double delta = part_mean[p * ch + c] - m, total = (double)(n + np);
+            m += delta * (double)np / total;
+            q += part_m2[p * ch + c] + delta * delta * (double)n * (double)np / total;
+            n += np;
+        }
+        mean[c] = m;
+        var[c] = q / (double)rows;
+    }
+}
+
 void graft_f32_channel_moments(const float *x, int64_t rows, int64_t ch, double *mean,
                                double *var, void *scratch)
 {
@@ -161,29 +196,9 @@ void graft_f32_channel_moments(const float *x, int64_t rows, int64_t ch, double 
 #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < parts; p++) {
         int64_t r0 = rows * p / parts, r1 = rows * (p + 1) / parts;
-        double *m = pm + p * ch, *q = pq + p * ch;
-        for (int64_t c = 0; c < ch; c++)
-            m[c] = q[c] = 0.0;
-        for (int64_t b = r0; b < r1; b += BLOCK) {
-            int64_t b1 = r1 - b < BLOCK ? r1 : b + BLOCK;
-            for (int64_t c0 = 0; c0 < ch; c0 += TILE)
-                moments_block(x, ch, b, b1, c0, ch - c0 < TILE ? ch - c0 : TILE, b - r0,
-                              m + c0, q + c0);
-        }
+        graft_f32_channel_moments_add_rows(x + r0 * ch, r1 - r0, ch, 0, pm + p * ch, pq + p * ch);
     }
-    for (int64_t c = 0; c < ch; c++) {
-        double m = 0.0, q = 0.0;
-        int64_t n = 0;
-        for (int64_t p = 0; p < parts; p++) {
-            int64_t np = rows * (p + 1) / parts - rows * p / parts;
-            double delta = pm[p * ch + c] - m, total = (double)(n + np);
-            m += delta * (double)np / total;
-            q += pq[p * ch + c] + delta * delta * (double)n * (double)np / total;
-            n += np;
-        }
-        mean[c] = m;
-        var[c] = q / (double)rows;
-    }
+    graft_f32_channel_moments_merge(pm, pq, parts, rows, ch, mean, var);
 }
 
 void graft_f32_scale_shift_act(const float *x, float *y, const float *mul, const float *add,

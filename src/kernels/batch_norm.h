@@ -21,6 +21,16 @@ size_t graft_f32_bn_scratch_bytes(int64_t rows, int64_t ch);
 void graft_f32_channel_moments(const float *x, int64_t rows, int64_t ch, double *mean,
                                double *var, void *scratch);
 
+/* The pieces, for passes that see the rows a chunk at a time (a convolution
+ * writing them): merges rows x (rows, ch) into the running moments (mean, m2 =
+ * sum of squared deviations) of n_before rows (0: starts them); then merges
+ * parts' moments in order, part p holding rows [rows p / parts, rows (p+1) / parts). */
+void graft_f32_channel_moments_add_rows(const float *x, int64_t rows, int64_t ch,
+                                        int64_t n_before, double *mean, double *m2);
+void graft_f32_channel_moments_merge(const double *part_mean, const double *part_m2,
+                                     int64_t parts, int64_t rows, int64_t ch, double *mean,
+                                     double *var);
+
 /* y = act(x * mul[c] + add[c]); y may be x. */
 void graft_f32_scale_shift_act__ref(const float *x, float *y, const float *mul, const float *add,
                                     int64_t rows, int64_t ch, graft__activation act);

@@ -128,6 +128,15 @@ size_t graft_f32_conv2d_train_scratch_floats(const graft_conv_geom *g);
 void graft_f32_conv2d_train_forward(const graft_conv_geom *g, const float *in, const float *kernel,
                                     const float *bias, graft__activation act, float *out,
                                     float *work);
+/* The linear forward that also takes the per-channel moments of its output
+ * while each chunk of it is in cache, for the BatchNorm after it (one pass over
+ * memory fewer): into part_mean and part_m2, each (GRAFT_CONV_TRAIN_PARTS,
+ * out_c), part p covering pixels [pixels p / PARTS, pixels (p+1) / PARTS), to
+ * be merged by graft_f32_channel_moments_merge. */
+enum { GRAFT_CONV_TRAIN_PARTS = 8 };
+void graft_f32_conv2d_train_forward_moments(const graft_conv_geom *g, const float *in,
+                                            const float *kernel, const float *bias, float *out,
+                                            float *work, double *part_mean, double *part_m2);
 int graft_f32_conv2d_train_weight_packed_pays(const graft_conv_geom *g);
 void graft_f32_conv2d_train_backward_weight(const graft_conv_geom *g, const float *in,
                                             const float *dout, float *dkernel, float *work);

@@ -5,6 +5,7 @@
 #include "core/alloc.h"
 #include "core/error.h"
 #include "kernels/batch_norm.h"
+#include "kernels/conv.h"
 #include "layers/layer.h"
 
 typedef struct batch_norm_config {
@@ -123,7 +124,10 @@ static void batch_norm_forward(const graft__layer *layer, const graft__forward_a
     bn_weights w = weights_of(layer);
     float *mul = a->scratch, *add = mul + ch;
     double *bmean = (double *)((char *)a->scratch + floats_bytes(ch)), *bvar = bmean + ch;
-    if (a->batch_stats)
+    if (a->batch_stats && a->moments_in)
+        graft_f32_channel_moments_merge(a->moments_in, a->moments_in + GRAFT_CONV_TRAIN_PARTS * ch,
+                                        GRAFT_CONV_TRAIN_PARTS, rows, ch, bmean, bvar);
+    else if (a->batch_stats)
         graft_f32_channel_moments(a->inputs[0], rows, ch, bmean, bvar, bvar + ch);
     for (int64_t j = 0; j < ch; j++) {
         double mean = a->batch_stats ? bmean[j] : w.mean[j];

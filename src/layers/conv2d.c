@@ -107,6 +107,13 @@ static void conv2d_forward(const graft__layer *layer, const graft__forward_args 
         return;
     }
     const float *bias = c->conv.use_bias ? layer->weights[1].data : NULL;
+    if (a->moments_out && c->conv.act == GRAFT__ACT_LINEAR) {
+        graft_f32_conv2d_train_forward_moments(
+            &g, a->inputs[0], layer->weights[0].data, bias, a->output,
+            (float *)((char *)a->scratch + act_bytes(c, a->out_shape, a->batch)), a->moments_out,
+            a->moments_out + GRAFT_CONV_TRAIN_PARTS * g.out_c);
+        return;
+    }
     if (packed_path(c) && !a->logits) {
         graft_f32_conv2d_train_forward(&g, a->inputs[0], layer->weights[0].data, bias, c->conv.act,
                                        a->output,
@@ -184,4 +191,5 @@ const graft__layer_ops graft__conv2d_layer_ops = {
     .conv_geom = conv2d_geom,
     .absorbs_padding = 1,
     .writes_fresh_grads = 1,
+    .writes_moments = 1,
 };

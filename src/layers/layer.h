@@ -70,6 +70,12 @@ typedef struct graft__forward_args {
      * inputs[0] is the tensor before it, in_shapes[0] still the padded shape;
      * top, bottom, left, right. NULL otherwise. */
     const int64_t *in_pad;
+    /* Training, a convolution before a BatchNorm on batch statistics (kinds with
+     * writes_moments): also its output's per-channel moments, by parts, into
+     * moments_out (2 x GRAFT_CONV_TRAIN_PARTS x channels doubles: means, then
+     * squared deviations); the BatchNorm gets them as moments_in. */
+    double *moments_out;
+    const double *moments_in;
 } graft__forward_args;
 
 /* Gradients flow backward by accumulation: every d* buffer is added to, never
@@ -132,6 +138,8 @@ struct graft__layer_ops {
     int absorbs_relu;
     /* Training may hand the kind the ZeroPadding2D before it as `in_pad`. */
     int absorbs_padding;
+    /* Forward honours moments_out (when linear). */
+    int writes_moments;
     /* Backward honours `fresh`, so the trainer need not zero those gradients. */
     int writes_fresh_grads;
 };

@@ -94,6 +94,36 @@ static void plan_absorbed_padding(graft__train_graph *tg)
     }
 }
 
+/* A convolution whose output only a trainable BatchNorm reads takes that
+ * output's batch moments while writing it (each chunk still in cache), sparing
+ * the BatchNorm a pass over memory when it normalises with batch statistics. */
+static graft_status plan_conv_moments(graft__train_graph *tg)
+{
+    const graft_model *m = tg->model;
+    const int boundary = graft__cache_boundary(m, tg->bn_inference);
+    for (int i = 0; i < m->n_nodes; i++)
+        tg->moments_for[i] = -1;
+    if (tg->bn_inference)
+        return GRAFT_OK;
+    for (int b = 0; b < m->n_nodes; b++) {
+        const graft__node *bn = &m->nodes[b];
+        if (!bn->layer->ops->absorbs_relu || !bn->layer->trainable || !tg->needs_backward[b] ||
+            bn->n_inputs != 1)
+            continue;
+        int c = bn->inputs[0];
+        const graft__layer *conv = m->nodes[c].layer;
+        if (c <= boundary || !conv->ops->writes_moments || graft__only_reader(m, c) != b ||
+            (conv->ops->output_activation && conv->ops->output_activation(conv) != GRAFT__ACT_LINEAR))
+            continue;
+        int64_t ch = m->nodes[c].shape.dim[m->nodes[c].shape.rank - 1];
+        tg->moments[b] = graft__malloc(sizeof(double) * 2 * GRAFT_CONV_TRAIN_PARTS * (size_t)ch);
+        if (!tg->moments[b])
+            return graft__fail(GRAFT_E_NOMEM, "out of memory for layer '%s'", bn->layer->name);
+        tg->moments_for[c] = b;
+    }
+    return GRAFT_OK;
+}
+
 /* Input k of node j as training computes it: through an absorbed padding. */
 static int input_of(const graft__train_graph *tg, int j, int k)
 {
@@ -256,10 +286,13 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     tg->absorbs = graft__calloc(n, sizeof(int));
     tg->pad_before = graft__calloc(n, sizeof(int));
     tg->pads = graft__calloc(n, sizeof *tg->pads);
+    tg->moments_for = graft__calloc(n, sizeof(int));
+    tg->moments = graft__calloc(n, sizeof(double *));
     tg->n_grads = model->n_params;
     tg->grads = graft__malloc_aligned(sizeof(float) * (size_t)(model->n_params ? model->n_params : 1));
     if (!tg->needs_backward || !tg->pinned || !tg->d_act || !tg->first_writer || !tg->saved ||
-        !tg->absorbed_by || !tg->absorbs || !tg->pad_before || !tg->pads || !tg->grads) {
+        !tg->absorbed_by || !tg->absorbs || !tg->pad_before || !tg->pads || !tg->moments_for || !tg->moments ||
+        !tg->grads) {
         graft__train_graph_free(tg);
         return graft__fail(GRAFT_E_NOMEM, "out of memory preparing training");
     }
@@ -267,7 +300,7 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     mark_backward(tg);
     plan_absorbed_relus(tg);
     plan_absorbed_padding(tg);
-    graft_status rc = GRAFT_OK;
+    graft_status rc = plan_conv_moments(tg);
     for (int i = 0; i < model->n_nodes && !rc; i++)
         if (tg->needs_backward[i] && i != model->input_node && !model->nodes[i].layer->ops->backward)
             rc = graft__fail(GRAFT_E_UNSUPPORTED, "layer '%s' (%s) cannot be trained yet: it has "
@@ -300,6 +333,10 @@ void graft__train_graph_free(graft__train_graph *tg)
     graft__free(tg->absorbs);
     graft__free(tg->pad_before);
     graft__free(tg->pads);
+    for (int i = 0; tg->moments && i < tg->model->n_nodes; i++)
+        graft__free(tg->moments[i]);
+    graft__free(tg->moments);
+    graft__free(tg->moments_for);
     graft__free(tg->d_act);
     graft__free(tg->saved);
     graft__free(tg->needs_backward);
@@ -390,6 +427,8 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
             .logits = logits_output && i == m->output_node,
             .epilogue = absorbed_act(tg, i),
             .in_pad = tg->pad_before[i] >= 0 ? tg->pads[i] : NULL,
+            .moments_out = training && tg->moments_for[i] >= 0 ? tg->moments[tg->moments_for[i]] : NULL,
+            .moments_in = training ? tg->moments[i] : NULL,
         };
         node->layer->ops->forward(node->layer, &args);
     }

@@ -21,6 +21,8 @@ typedef struct graft__train_graph {
     int *absorbs;          /* per node: the ReLU this BatchNorm computes, or -1 */
     int *pad_before;       /* per node: the ZeroPadding2D this convolution reads through, or -1 */
     int64_t (*pads)[4];    /* per node: that padding's top, bottom, left, right */
+    int *moments_for;      /* per node: the BatchNorm whose batch moments this convolution takes, or -1 */
+    double **moments;      /* per BatchNorm so fed: those moments, by parts */
     void **saved;          /* per node forward-saved state, NULL when none */
     float *grads;          /* same layout as model->params; only trainable parts used */
     int64_t n_grads;
