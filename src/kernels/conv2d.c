@@ -387,15 +387,20 @@ static void pw_weight_rows(const float *in, int64_t in_c, const float *dout, int
         }
 }
 
-/* Pixels per chunk: its input and dout rows stay in L2 while every tile
- * streams them. */
-enum { PW_WEIGHT_CHUNK = 256 };
+/* Pixels per chunk: its dout rows (128 KiB at most) and input rows stay in L2
+ * while every tile streams them. */
+static int64_t pw_weight_chunk(int64_t out_c)
+{
+    int64_t chunk = 32768 / (out_c > 0 ? out_c : 1);
+    return chunk < 32 ? 32 : chunk > 256 ? 256 : chunk;
+}
 
 void graft_f32_pw_backward_weight__direct(int64_t p0, int64_t p1, int64_t in_c, int64_t out_c,
                                           const float *in, const float *dout, float *dkernel)
 {
-    for (int64_t c0 = p0; c0 < p1; c0 += PW_WEIGHT_CHUNK) {
-        int64_t n = p1 - c0 < PW_WEIGHT_CHUNK ? p1 - c0 : PW_WEIGHT_CHUNK;
+    const int64_t chunk = pw_weight_chunk(out_c);
+    for (int64_t c0 = p0; c0 < p1; c0 += chunk) {
+        int64_t n = p1 - c0 < chunk ? p1 - c0 : chunk;
         for (int64_t i0 = 0; i0 < in_c; i0 += 6)
             pw_weight_rows(in + c0 * in_c, in_c, dout + c0 * out_c, out_c, n, i0,
                            in_c - i0 < 6 ? (int)(in_c - i0) : 6, dkernel);
