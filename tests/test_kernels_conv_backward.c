@@ -218,6 +218,21 @@ static void pointwise_packed_backward_matches_ref(void **state)
 /* The packed weight gradient of windowed convolutions (im2col chunks taken as
  * a pointwise input) against the ref: strides, padding on one side only (as an
  * absorbed ZeroPadding2D leaves it), more pixels than one chunk, uneven split. */
+/* Wide dout rows make short pixel chunks (32 at 1100 channels). */
+static void pointwise_weight_gradient_wide_output_matches_ref(void **state)
+{
+    graft_conv_geom g = geom(1, 10, 11, 3, 1100, 1, 1, 1, 1, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&g, 0), 1);
+    conv_case c = conv_case_new(g);
+    float *want = rand_buf(c.nk, 1.0f), *got = guarded_buf(c.nk);
+    memcpy(got, want, sizeof(float) * (size_t)c.nk);
+    graft_f32_conv2d_backward_weight__ref(&g, c.in, c.r, want);
+    graft_f32_pw_backward_weight__direct(0, 110, 3, 1100, c.in, c.r, got);
+    assert_true(close_enough("pw dW 1100 channels", got, want, c.nk));
+    free(want), free(got);
+    conv_case_free(&c);
+}
+
 static void conv2d_packed_weight_gradient_matches_ref(void **state)
 {
     graft_conv_geom gs[4];
@@ -311,6 +326,7 @@ int main(void)
         cmocka_unit_test(bias_backward_direct_matches_ref_and_keeps_to_its_channels),
         cmocka_unit_test(pointwise_packed_backward_matches_ref),
         cmocka_unit_test(conv2d_packed_weight_gradient_matches_ref),
+        cmocka_unit_test(pointwise_weight_gradient_wide_output_matches_ref),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
