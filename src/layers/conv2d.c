@@ -62,6 +62,9 @@ static graft_conv_geom conv2d_geom(const graft__layer *layer, const graft__shape
     return g;
 }
 
+/* Activations graft's packed kernels apply in their epilogue: those layers run
+ * on kernels/conv2d_train.c outside inference's folded plans (OpenBLAS re-packed
+ * its operands on every call there); the others keep im2col + OpenBLAS. */
 static int packed_path(const conv2d_config *c)
 {
     return c->conv.act == GRAFT__ACT_LINEAR || c->conv.act == GRAFT__ACT_RELU ||
