@@ -180,6 +180,21 @@ static void dwconv_backward_direct_matches_ref_over_shape_sweep(void **state)
 }
 
 /* The overwriting variant on a buffer of NaNs equals the ref on zeros. */
+static int overwrite_matches_ref(graft_conv_geom g, const char *what)
+{
+    dw_case c = dw_case_new(g);
+    float *want = guarded_buf(c.nin), *got = guarded_buf(c.nin);
+    memset(want, 0, sizeof(float) * (size_t)c.nin);
+    for (int64_t i = 0; i < c.nin; i++)
+        got[i] = NAN;
+    graft_f32_dwconv2d_backward_input__ref(&g, 0, g.batch * g.in_h, c.r, c.kernel, want);
+    graft_f32_dwconv2d_backward_input_parallel_overwrite(&g, c.r, c.kernel, got);
+    int ok = close_enough(what, got, want, c.nin);
+    dw_case_free(&c);
+    free(want), free(got);
+    return ok;
+}
+
 static void dwconv_backward_input_overwrite_ignores_old_values(void **state)
 {
     static const int64_t strides[] = {1, 2};
@@ -190,30 +205,12 @@ static void dwconv_backward_input_overwrite_ignores_old_values(void **state)
                 graft_conv_geom g = geom(2, 9, 8, chans[ci], chans[ci], 3, 3, strides[si],
                                          strides[si], 1, 1);
                 assert_int_equal(graft_conv_geom_init(&g, same), 1);
-                dw_case c = dw_case_new(g);
-                float *want = guarded_buf(c.nin), *got = guarded_buf(c.nin);
-                memset(want, 0, sizeof(float) * (size_t)c.nin);
-                for (int64_t i = 0; i < c.nin; i++)
-                    got[i] = NAN;
-                graft_f32_dwconv2d_backward_input__ref(&g, 0, g.batch * g.in_h, c.r, c.kernel, want);
-                graft_f32_dwconv2d_backward_input_parallel_overwrite(&g, c.r, c.kernel, got);
-                assert_true(close_enough("dw backward input overwrite", got, want, c.nin));
-                dw_case_free(&c);
-                free(want), free(got);
+                assert_true(overwrite_matches_ref(g, "dw backward input overwrite"));
             }
     /* a window taller than the direct kernel takes: the ref, rows cleared first */
     graft_conv_geom g = geom(1, 70, 4, 3, 3, 65, 1, 1, 1, 1, 1); /* 65 taps > 64 */
     assert_int_equal(graft_conv_geom_init(&g, 1), 1);
-    dw_case c = dw_case_new(g);
-    float *want = guarded_buf(c.nin), *got = guarded_buf(c.nin);
-    memset(want, 0, sizeof(float) * (size_t)c.nin);
-    for (int64_t i = 0; i < c.nin; i++)
-        got[i] = NAN;
-    graft_f32_dwconv2d_backward_input__ref(&g, 0, g.batch * g.in_h, c.r, c.kernel, want);
-    graft_f32_dwconv2d_backward_input_parallel_overwrite(&g, c.r, c.kernel, got);
-    assert_true(close_enough("dw backward input overwrite, big window", got, want, c.nin));
-    dw_case_free(&c);
-    free(want), free(got);
+    assert_true(overwrite_matches_ref(g, "dw backward input overwrite, big window"));
 }
 
 static void dwconv_backward_weight_sums_large_batches_accurately(void **state)

@@ -34,7 +34,7 @@ void graft_f32_conv2d__ref(const graft_conv_geom *g, const float *in, const floa
 }
 
 /* A 1x1 stride-1 unpadded conv reads each input pixel as one GEMM row as it is. */
-static int is_pointwise(const graft_conv_geom *g)
+int graft_f32_conv2d_is_pointwise(const graft_conv_geom *g)
 {
     return g->kernel_h == 1 && g->kernel_w == 1 && g->stride_h == 1 && g->stride_w == 1 &&
            g->pad_top == 0 && g->pad_left == 0 && g->out_h == g->in_h && g->out_w == g->in_w;
@@ -52,7 +52,7 @@ static int64_t chunk_pixels(const graft_conv_geom *g)
 
 size_t graft_f32_conv2d_scratch_bytes(const graft_conv_geom *g)
 {
-    if (is_pointwise(g))
+    if (graft_f32_conv2d_is_pointwise(g))
         return 0;
     return (size_t)chunk_pixels(g) * (size_t)(g->kernel_h * g->kernel_w * g->in_c) * sizeof(float);
 }
@@ -123,7 +123,7 @@ void graft_f32_conv2d__gemm(const graft_conv_geom *g, const float *in, const flo
      * afterwards is one more pass over the whole output. */
     const float beta = bias ? 1.0f : 0.0f;
 
-    if (is_pointwise(g)) {
+    if (graft_f32_conv2d_is_pointwise(g)) {
         int64_t chunk = PW_CHUNK_BYTES / (int64_t)sizeof(float) / (g->in_c + CO);
         if (chunk < 256) /* keep each GEMM tall enough for OpenBLAS's threads */
             chunk = 256;
@@ -160,7 +160,7 @@ enum { FUSED_CHUNK = 96 };
 
 size_t graft_f32_conv2d_fused_scratch_floats(const graft_conv_geom *g)
 {
-    return is_pointwise(g) ? 0 : (size_t)(FUSED_CHUNK * g->kernel_h * g->kernel_w * g->in_c);
+    return graft_f32_conv2d_is_pointwise(g) ? 0 : (size_t)(FUSED_CHUNK * g->kernel_h * g->kernel_w * g->in_c);
 }
 
 void graft_f32_conv2d_fused__packed(const graft_conv_geom *g, int64_t p0, int64_t p1,
@@ -168,7 +168,7 @@ void graft_f32_conv2d_fused__packed(const graft_conv_geom *g, int64_t p0, int64_
                                     float *out, float *scratch)
 {
     const int64_t CO = g->out_c, K = g->kernel_h * g->kernel_w * g->in_c;
-    if (is_pointwise(g)) {
+    if (graft_f32_conv2d_is_pointwise(g)) {
         graft_f32_gemm_fused__packed(p1 - p0, CO, K, in + p0 * K, K, packed, act, NULL, 0, out,
                                      CO);
         return;
@@ -268,7 +268,7 @@ void graft_f32_conv2d_backward_input__gemm(const graft_conv_geom *g, const float
 {
     const int64_t CO = g->out_c, CI = g->in_c;
     const int64_t pixels = g->batch * g->out_h * g->out_w;
-    if (is_pointwise(g)) {
+    if (graft_f32_conv2d_is_pointwise(g)) {
         int64_t chunk = PW_CHUNK_BYTES / (int64_t)sizeof(float) / (CI + CO);
         if (chunk < 256)
             chunk = 256;
@@ -297,7 +297,7 @@ void graft_f32_conv2d_backward_weight__gemm(const graft_conv_geom *g, const floa
 {
     const int64_t CO = g->out_c, CI = g->in_c;
     const int64_t pixels = g->batch * g->out_h * g->out_w;
-    if (is_pointwise(g)) {
+    if (graft_f32_conv2d_is_pointwise(g)) {
         int64_t chunk = PW_CHUNK_BYTES / (int64_t)sizeof(float) / (CI + CO);
         if (chunk < 256)
             chunk = 256;
@@ -412,7 +412,7 @@ enum { PATCH_CHUNK = 512 };
 
 size_t graft_f32_conv2d_backward_weight_scratch_floats(const graft_conv_geom *g)
 {
-    return is_pointwise(g) ? 0 : (size_t)(PATCH_CHUNK * g->kernel_h * g->kernel_w * g->in_c);
+    return graft_f32_conv2d_is_pointwise(g) ? 0 : (size_t)(PATCH_CHUNK * g->kernel_h * g->kernel_w * g->in_c);
 }
 
 void graft_f32_conv2d_backward_weight__tiled(const graft_conv_geom *g, int64_t p0, int64_t p1,
@@ -420,7 +420,7 @@ void graft_f32_conv2d_backward_weight__tiled(const graft_conv_geom *g, int64_t p
                                               float *scratch)
 {
     const int64_t K = g->kernel_h * g->kernel_w * g->in_c, CO = g->out_c;
-    if (is_pointwise(g)) {
+    if (graft_f32_conv2d_is_pointwise(g)) {
         graft_f32_pw_backward_weight__direct(p0, p1, K, CO, in, dout, dkernel);
         return;
     }

@@ -15,12 +15,6 @@ enum { PARTS = GRAFT_CONV_TRAIN_PARTS };
 
 static size_t round16(size_t floats) { return (floats + 15) / 16 * 16; }
 
-int graft_f32_conv2d_is_pointwise(const graft_conv_geom *g)
-{
-    return g->kernel_h == 1 && g->kernel_w == 1 && g->stride_h == 1 && g->stride_w == 1 &&
-           g->pad_top == 0 && g->pad_left == 0 && g->out_h == g->in_h && g->out_w == g->in_w;
-}
-
 size_t graft_f32_conv2d_train_scratch_floats(const graft_conv_geom *g)
 {
     const int64_t K = g->kernel_h * g->kernel_w * g->in_c, N = g->out_c;

@@ -312,29 +312,29 @@ void graft_f32_dwconv2d_backward_weight__direct(const graft_conv_geom *g, int64_
         dww_generic(g, c_vec, c_end, in, dout, dkernel);
 }
 
-void graft_f32_dwconv2d_backward_input_parallel(const graft_conv_geom *g, const float *dout,
-                                                const float *kernel, float *din)
+static void backward_input_parallel(const graft_conv_geom *g, const float *dout,
+                                    const float *kernel, float *din, int accumulate)
 {
     const int64_t rows = g->batch * g->in_h;
 #pragma omp parallel
     {
         int64_t s, e;
         graft__split_range(rows, omp_get_thread_num(), omp_get_num_threads(), &s, &e);
-        graft_f32_dwconv2d_backward_input__direct(g, s, e, dout, kernel, din);
+        backward_input_rows(g, s, e, dout, kernel, din, accumulate);
     }
+}
+
+void graft_f32_dwconv2d_backward_input_parallel(const graft_conv_geom *g, const float *dout,
+                                                const float *kernel, float *din)
+{
+    backward_input_parallel(g, dout, kernel, din, 1);
 }
 
 void graft_f32_dwconv2d_backward_input_parallel_overwrite(const graft_conv_geom *g,
                                                           const float *dout, const float *kernel,
                                                           float *din)
 {
-    const int64_t rows = g->batch * g->in_h;
-#pragma omp parallel
-    {
-        int64_t s, e;
-        graft__split_range(rows, omp_get_thread_num(), omp_get_num_threads(), &s, &e);
-        backward_input_rows(g, s, e, dout, kernel, din, 0);
-    }
+    backward_input_parallel(g, dout, kernel, din, 0);
 }
 
 void graft_f32_dwconv2d_backward_weight_parallel(const graft_conv_geom *g, const float *in,

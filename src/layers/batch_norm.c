@@ -55,9 +55,10 @@ static graft_status batch_norm_infer(graft__layer *layer, int n_inputs, const gr
     return rc;
 }
 
-/* Five float vectors (padded to 8 floats, so what follows is 32-byte aligned),
- * two double vectors, then the kernels' per-part sums. */
-static size_t floats_bytes(int64_t ch) { return sizeof(float) * (size_t)((5 * ch + 7) / 8 * 8); }
+/* Three float vectors (forward: mul, add; backward: scale and the two means),
+ * padded to 8 floats so what follows is 32-byte aligned; two double vectors;
+ * then the kernels' per-part sums. */
+static size_t floats_bytes(int64_t ch) { return sizeof(float) * (size_t)((3 * ch + 7) / 8 * 8); }
 
 static size_t batch_norm_scratch(const graft__layer *layer, int n_inputs, const graft__shape *in,
                                  const graft__shape *out, int64_t batch)

@@ -448,13 +448,13 @@ static unsigned start_input_grads(graft__train_graph *tg, int j, int64_t batch)
     const graft_model *m = tg->model;
     const int can_overwrite = m->nodes[j].layer->ops->writes_fresh_grads;
     unsigned fresh = 0;
-    for (int k = 0; k < m->nodes[j].n_inputs && k < 32; k++) {
+    for (int k = 0; k < m->nodes[j].n_inputs; k++) {
         int src = input_of(tg, j, k), seen = 0;
         for (int e = 0; e < k; e++)
             seen |= input_of(tg, j, e) == src;
         if (tg->first_writer[src] != j || !tg->d_act[src] || seen)
             continue;
-        if (can_overwrite)
+        if (can_overwrite && k < 32) /* the bits `fresh` has */
             fresh |= 1u << k;
         else
             memset(tg->d_act[src], 0,
