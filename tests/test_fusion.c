@@ -334,6 +334,24 @@ static void block_5x5_kernel_zero_padding_and_same(void **state)
                               0, 0, {0}});
 }
 
+/* Small images split by channels (block.c's run_split: fewer than 4 output
+ * rows per thread): 3x3 outputs at batch 3 on three threads, so the images
+ * take turns between barriers, 40 expanded channels give each thread a panel
+ * and 8 output channels leave two threads no projection share. */
+static void block_small_image_split_by_channels_three_threads(void **state)
+{
+    check_block(&(block_case){6, 5, 8, 40, 8, 3, 2, "same", {0}, 0, "relu6", 3,
+                              0, 0, {0}});
+}
+
+/* The same split with a residual, 5 rows at batch 1 on three threads (at batch
+ * 3 the rows split as usual). */
+static void block_small_image_split_residual(void **state)
+{
+    check_block(&(block_case){5, 4, 6, 20, 6, 3, 1, "same", {0}, 1, "relu6", 3,
+                              0, 0, {0}});
+}
+
 /* Wide rows: bands of several rows and the ring of expanded rows wrapping
  * around, on three threads whose shares start mid-image. */
 static void block_wide_image_ring_wraps_three_threads(void **state)
@@ -455,6 +473,8 @@ int main(void)
         cmocka_unit_test(block_relu_expand_channels_not_multiple_of_vector),
         cmocka_unit_test(block_5x5_kernel_zero_padding_and_same),
         cmocka_unit_test(block_wide_image_ring_wraps_three_threads),
+        cmocka_unit_test(block_small_image_split_by_channels_three_threads),
+        cmocka_unit_test(block_small_image_split_residual),
         cmocka_unit_test(block_expand_stage_is_padded_strided_3x3_conv),
         cmocka_unit_test(conv_step_zero_padding_stride2_relu6_as_keras_stem),
         cmocka_unit_test(conv_step_uneven_zero_padding_same_conv_relu),

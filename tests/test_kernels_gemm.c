@@ -98,6 +98,54 @@ static void gemm_fused_packed_mobilenet_shapes(void **state)
     assert_int_equal(failures, 0);
 }
 
+/* Columns by panel ranges, as threads split a small image: the first range
+ * alone leaves every later column as it was, and `parts` ranges (each a whole
+ * number of panels, the last ending at n) together give the ref. */
+static int gemm_cols_case(int64_t m, int64_t n, int64_t k, graft__activation act, int residual,
+                          int parts)
+{
+    const int64_t nr = graft_f32_gemm_panel_cols(), panels = (n + nr - 1) / nr;
+    float *a = rand_buf(m * k, 1.0f), *b = rand_buf(k * n, 3.0f / sqrtf((float)k));
+    float *bias = rand_buf(n, 1.0f), *res = residual ? rand_buf(m * n, 3.0f) : NULL;
+    float *want = guarded_buf(m * n), *got = guarded_buf(m * n);
+    float *packed = rand_buf(graft_f32_gemm_packed_floats(k, n), 1.0f);
+    graft_f32_gemm_pack(k, n, b, bias, packed);
+    graft_f32_gemm_fused__ref(m, n, k, a, k, b, bias, act, res, n, want, n);
+    char what[128];
+    snprintf(what, sizeof what, "gemm cols m=%lld n=%lld k=%lld act=%d res=%d parts=%d",
+             (long long)m, (long long)n, (long long)k, act, residual, parts);
+    int ok = 1;
+    for (int t = 0; t < parts; t++) {
+        int64_t j_lo = panels * t / parts * nr, j_hi = panels * (t + 1) / parts * nr;
+        j_hi = j_hi < n ? j_hi : n;
+        if (j_lo >= j_hi)
+            continue;
+        graft_f32_gemm_fused_cols__packed(m, n, k, a, k, packed, j_lo, j_hi, act, res, n, got, n);
+        for (int64_t i = 0; ok && t == 0 && i < m; i++)
+            for (int64_t j = j_hi; j < n; j++)
+                if (got[i * n + j] != SENTINEL) {
+                    print_error("%s: columns [0, %lld) wrote column %lld\n", what,
+                                (long long)j_hi, (long long)j);
+                    ok = 0;
+                    break;
+                }
+    }
+    ok = ok && close_enough(what, got, want, m * n);
+    free(a), free(b), free(bias), free(res), free(want), free(got), free(packed);
+    return ok;
+}
+
+static void gemm_fused_cols_split_by_panels(void **state)
+{
+    const int64_t ns[] = {1, 9, 16, 17, 40, 96, 160, 576};
+    int failures = 0;
+    for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
+        for (int parts = 1; parts <= 3; parts++)
+            failures += !gemm_cols_case(13, ns[in], 24 + (int64_t)in, (graft__activation)(in % 3),
+                                        parts == 2, parts);
+    assert_int_equal(failures, 0);
+}
+
 /* ---- convolution through im2col and the fused GEMM --------------------------- */
 
 static float clamp_act(graft__activation act, float x)
@@ -168,6 +216,7 @@ int main(void)
         cmocka_unit_test(gemm_fused_packed_residual_in_place),
         cmocka_unit_test(gemm_fused_packed_long_k_spans_row_blocks),
         cmocka_unit_test(gemm_fused_packed_mobilenet_shapes),
+        cmocka_unit_test(gemm_fused_cols_split_by_panels),
         cmocka_unit_test(conv2d_fused_matches_ref_strides_padding_channels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -190,6 +190,12 @@ void graft_f32_dwconv2d_row__direct(const graft_conv_geom *g,
                                     const float *bias,        /* (in_c) or NULL */
                                     graft__activation act,
                                     float *out);              /* (out_w, in_c) */
+/* Channels [c0, c1) of the same row, the rest of out untouched: threads that
+ * split a small image by channels rather than by rows. */
+void graft_f32_dwconv2d_row_channels__direct(const graft_conv_geom *g, const float *const *rows,
+                                             const float *kernel, const float *bias,
+                                             graft__activation act, int64_t c0, int64_t c1,
+                                             float *out);
 
 /* ---- pooling ------------------------------------------------------------------- */
 /* Windows as for conv with out_c = in_c and dilation 1. TF semantics: max pooling

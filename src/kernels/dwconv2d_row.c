@@ -53,14 +53,14 @@ static void taps(const graft_conv_geom *g, int64_t ox, int64_t *ix0, int64_t *lo
         (*hi)--;
 }
 
-/* One pixel, channels [c0, C), scalar: borders and channel tails. */
+/* One pixel, channels [c0, c1), scalar: borders and channel tails. */
 static void pixel_scalar(const graft_conv_geom *g, const row_set *rs, const float *bias,
-                         graft__activation act, int64_t ox, int64_t c0, float *o)
+                         graft__activation act, int64_t ox, int64_t c0, int64_t c1, float *o)
 {
     const int64_t C = g->in_c;
     int64_t ix0, lo, hi;
     taps(g, ox, &ix0, &lo, &hi);
-    for (int64_t c = c0; c < C; c++) {
+    for (int64_t c = c0; c < c1; c++) {
         float acc = bias ? bias[c] : 0.0f;
         for (int r = 0; r < rs->n; r++)
             for (int64_t kx = lo; kx < hi; kx++)
@@ -168,45 +168,53 @@ tile3(const graft_conv_geom *g, const row_set *rs, const float *bias, graft__act
             graft_vstore(o + p * C + c + v * GRAFT_VL, act_vec(act, acc[p][v]));
 }
 
-/* Four interior pixels of a 3-tap row from ox, all channels. */
+/* Four interior pixels of a 3-tap row from ox, channels [c0, c1). */
 static inline __attribute__((always_inline)) void
 pixels3(const graft_conv_geom *g, const row_set *rs, const float *bias, graft__activation act,
-        int64_t ox, float *orow, const int S)
+        int64_t ox, int64_t c0, int64_t c1, float *orow, const int S)
 {
     const int64_t C = g->in_c, ix0 = ox * S - g->pad_left;
     float *o = orow + ox * C;
-    int64_t c = 0;
-    for (; c + 2 * GRAFT_VL <= C; c += 2 * GRAFT_VL)
+    int64_t c = c0;
+    for (; c + 2 * GRAFT_VL <= c1; c += 2 * GRAFT_VL)
         tile3(g, rs, bias, act, ix0, c, o, 4, S, 2);
-    for (; c + GRAFT_VL <= C; c += GRAFT_VL)
+    for (; c + GRAFT_VL <= c1; c += GRAFT_VL)
         tile3(g, rs, bias, act, ix0, c, o, 4, S, 1);
-    if (c < C)
+    if (c < c1)
         for (int p = 0; p < 4; p++)
-            pixel_scalar(g, rs, bias, act, ox + p, c, o + p * C);
+            pixel_scalar(g, rs, bias, act, ox + p, c, c1, o + p * C);
 }
 
-/* P neighbouring pixels from ox, all channels (their taps are the same span). */
+/* P neighbouring pixels from ox, channels [c0, c1) (their taps are the same span). */
 static inline __attribute__((always_inline)) void
 pixels(const graft_conv_geom *g, const row_set *rs, const float *bias, graft__activation act,
-       int64_t ox, float *orow, const int P)
+       int64_t ox, int64_t c0, int64_t c1, float *orow, const int P)
 {
     const int64_t C = g->in_c;
     int64_t ix0, lo, hi;
     taps(g, ox, &ix0, &lo, &hi);
     float *o = orow + ox * C;
-    int64_t c = 0;
-    for (; c + 4 * GRAFT_VL <= C; c += 4 * GRAFT_VL)
+    int64_t c = c0;
+    for (; c + 4 * GRAFT_VL <= c1; c += 4 * GRAFT_VL)
         tile(g, rs, bias, act, ix0, lo, hi, c, o, P, 4);
-    for (; c + GRAFT_VL <= C; c += GRAFT_VL)
+    for (; c + GRAFT_VL <= c1; c += GRAFT_VL)
         tile(g, rs, bias, act, ix0, lo, hi, c, o, P, 1);
-    if (c < C)
+    if (c < c1)
         for (int p = 0; p < P; p++)
-            pixel_scalar(g, rs, bias, act, ox + p, c, o + p * C);
+            pixel_scalar(g, rs, bias, act, ox + p, c, c1, o + p * C);
 }
 
 void graft_f32_dwconv2d_row__direct(const graft_conv_geom *g, const float *const *rows,
                                     const float *kernel, const float *bias,
                                     graft__activation act, float *out)
+{
+    graft_f32_dwconv2d_row_channels__direct(g, rows, kernel, bias, act, 0, g->in_c, out);
+}
+
+void graft_f32_dwconv2d_row_channels__direct(const graft_conv_geom *g, const float *const *rows,
+                                             const float *kernel, const float *bias,
+                                             graft__activation act, int64_t c0, int64_t c1,
+                                             float *out)
 {
     const int64_t C = g->in_c, KW = g->kernel_w, W = g->in_w, sw = g->stride_w;
     const int64_t span = (KW - 1) * g->dilation_w;
@@ -226,16 +234,16 @@ void graft_f32_dwconv2d_row__direct(const graft_conv_geom *g, const float *const
         a = b;
     int64_t ox = 0;
     for (; ox < a; ox++)
-        pixels(g, &rs, bias, act, ox, out, 1);
+        pixels(g, &rs, bias, act, ox, c0, c1, out, 1);
     if (KW == 3 && g->dilation_w == 1 && (sw == 1 || sw == 2)) {
         for (; ox + 4 <= b; ox += 4)
             if (sw == 1)
-                pixels3(g, &rs, bias, act, ox, out, 1);
+                pixels3(g, &rs, bias, act, ox, c0, c1, out, 1);
             else
-                pixels3(g, &rs, bias, act, ox, out, 2);
+                pixels3(g, &rs, bias, act, ox, c0, c1, out, 2);
     }
     for (; ox + 2 <= b; ox += 2)
-        pixels(g, &rs, bias, act, ox, out, 2);
+        pixels(g, &rs, bias, act, ox, c0, c1, out, 2);
     for (; ox < g->out_w; ox++)
-        pixels(g, &rs, bias, act, ox, out, 1);
+        pixels(g, &rs, bias, act, ox, c0, c1, out, 1);
 }

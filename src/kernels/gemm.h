@@ -27,6 +27,8 @@ void graft_f32_add_bias_rows(float *out /* (rows, cols) */, const float *bias /*
 
 /* Rows of C per register tile of the fast kernel. */
 enum { GRAFT_GEMM_MR = 6 };
+/* Columns of B per packed panel (two vectors: 16 with AVX2). */
+int64_t graft_f32_gemm_panel_cols(void);
 
 /* Floats of B and the bias packed for the fast kernel: panels of 2 vectors of
  * columns (the last one 1 or 2 vectors, zero-padded), the bias padded alike. */
@@ -50,4 +52,12 @@ void graft_f32_gemm_fused__packed(int64_t m, int64_t n, int64_t k, const float *
                                   const float *res /* (m, ldr) or NULL */, int64_t ldr,
                                   float *c /* (m, ldc) */, int64_t ldc);
 
+/* Columns [j_lo, j_hi) of the same product, for threads that split C by
+ * columns: j_lo a multiple of graft_f32_gemm_panel_cols(), j_hi one too or n. */
+void graft_f32_gemm_fused_cols__packed(int64_t m, int64_t n, int64_t k,
+                                       const float *a /* (m, lda) */, int64_t lda,
+                                       const float *packed, int64_t j_lo, int64_t j_hi,
+                                       graft__activation act,
+                                       const float *res /* (m, ldr) or NULL */, int64_t ldr,
+                                       float *c /* (m, ldc) */, int64_t ldc);
 #endif

@@ -25,6 +25,8 @@ static int64_t panel_width(int64_t n, int64_t j0)
     return n - j0 > GRAFT_VL ? NR : GRAFT_VL;
 }
 
+int64_t graft_f32_gemm_panel_cols(void) { return NR; }
+
 int64_t graft_f32_gemm_packed_floats(int64_t k, int64_t n) { return padded_width(n) * (k + 1); }
 
 void graft_f32_gemm_pack(int64_t k, int64_t n, const float *b, const float *bias, float *packed)
@@ -151,6 +153,14 @@ void graft_f32_gemm_fused__packed(int64_t m, int64_t n, int64_t k, const float *
                                   const float *packed, graft__activation act, const float *res,
                                   int64_t ldr, float *c, int64_t ldc)
 {
+    graft_f32_gemm_fused_cols__packed(m, n, k, a, lda, packed, 0, n, act, res, ldr, c, ldc);
+}
+
+void graft_f32_gemm_fused_cols__packed(int64_t m, int64_t n, int64_t k, const float *a,
+                                       int64_t lda, const float *packed, int64_t j_lo,
+                                       int64_t j_hi, graft__activation act, const float *res,
+                                       int64_t ldr, float *c, int64_t ldc)
+{
     const float *bias = packed, *panels = packed + padded_width(n);
     int64_t mc = A_BLOCK_BYTES / (int64_t)sizeof(float) / (k > 0 ? k : 1) / MR * MR;
     if (mc < MR)
@@ -158,7 +168,7 @@ void graft_f32_gemm_fused__packed(int64_t m, int64_t n, int64_t k, const float *
     for (int64_t i0 = 0; i0 < m; i0 += mc) {
         const int64_t rows = m - i0 < mc ? m - i0 : mc;
         /* Panel by panel: one panel of B stays in L1 while the block's rows pass. */
-        for (int64_t j0 = 0; j0 < n; j0 += NR) {
+        for (int64_t j0 = j_lo; j0 < j_hi; j0 += NR) {
             const int64_t pw = panel_width(n, j0), w = n - j0 < pw ? n - j0 : pw;
             const int nv = (int)(pw / GRAFT_VL);
             const float *pb = panels + j0 * k;

@@ -30,6 +30,9 @@ typedef struct graft__block {
     int64_t band_rows, ring_rows;  /* output rows per band; expanded rows kept */
     size_t im2col_floats;          /* of thread_floats, the expand's im2col chunk */
     size_t thread_floats;          /* scratch one thread needs */
+    size_t split_floats;           /* scratch all threads share to split an image by
+                                      channels (one image's expanded and depthwise
+                                      maps); 0: this block does not split */
 } graft__block;
 
 /* Matches a block starting at node start (its expand conv or the padding before

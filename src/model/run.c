@@ -230,6 +230,13 @@ static graft_status find_steps(const graft_model *m, graft__plan *p)
     if (!p->n_blocks && !p->n_convs)
         return GRAFT_OK;
     p->block_threads = graft_threads();
+    /* A block that splits small images by channels shares the threads' scratch. */
+    for (int k = 0; k < p->n_blocks; k++) {
+        size_t share = (p->blocks[k].split_floats + (size_t)p->block_threads - 1) /
+                       (size_t)p->block_threads;
+        if (share > p->block_stride)
+            p->block_stride = (share + 15) / 16 * 16;
+    }
     size_t bytes;
     if (!graft__mul_size(p->block_stride * sizeof(float), (size_t)p->block_threads, &bytes) ||
         !(p->block_scratch = graft__malloc_aligned(bytes)))
