@@ -1,5 +1,6 @@
 /* DepthwiseConv2D kernels: the naive ref against hand-computed values, the direct
- * variant against the ref over a sweep of shapes and depth multipliers. */
+ * variant against the ref over a sweep of shapes and depth multipliers, and the
+ * training forward that takes its output's moments. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "kernels/batch_norm.h"
 #include "kernels/conv.h"
 #include "kernel_tester.h"
 
@@ -188,6 +190,50 @@ static void dwconv_direct_handles_hand_made_asymmetric_padding(void **state)
     assert_true(direct_matches_ref(g, 1, graft_f32_dwconv2d__direct, "hand padding"));
 }
 
+/* The depthwise forward that also takes its output's moments: the output as
+ * the ref computes it, and the moments merged from their 8 parts as the
+ * double-precision ref computes them from that output. Rows (batch * out_h)
+ * a multiple of the parts take them chunk by chunk (rows of 5 pixels in
+ * chunks of 25 rows; rows of 200 pixels one at a time); other counts, fewer
+ * rows than parts among them, in a pass after; channels 17 and 33 leave
+ * vector tails, and depth multiplier 2 doubles the output channels. */
+static void dwconv_forward_moments_match_refs(void **state)
+{
+    graft_conv_geom gs[5];
+    gs[0] = geom(8, 10, 10, 17, 17, 3, 3, 2, 2, 1, 1);  /* 40 rows of 5 */
+    gs[1] = geom(4, 8, 200, 33, 33, 3, 3, 1, 1, 1, 1);  /* 32 rows of 200 */
+    gs[2] = geom(3, 9, 7, 5, 10, 3, 3, 1, 1, 1, 1);     /* 27 rows, M 2 */
+    gs[3] = geom(1, 3, 4, 9, 9, 3, 3, 1, 1, 1, 1);      /* 3 rows, 8 parts */
+    gs[4] = geom(2, 28, 28, 16, 16, 3, 3, 1, 1, 1, 1);  /* 56 rows of 28 */
+    for (int i = 0; i < 5; i++) {
+        graft_conv_geom g = gs[i];
+        assert_int_equal(graft_conv_geom_init(&g, 1), 1);
+        const int64_t pixels = g.batch * g.out_h * g.out_w, co = g.out_c;
+        float *in = rand_buf(g.batch * g.in_h * g.in_w * g.in_c, 1.0f);
+        float *kernel = rand_buf(g.kernel_h * g.kernel_w * co, 1.0f);
+        float *bias = rand_buf(co, 3.0f);
+        float *want = guarded_buf(pixels * co), *got = guarded_buf(pixels * co);
+        graft_f32_dwconv2d__ref(&g, 0, g.batch * g.out_h, in, kernel, bias, want);
+        double *parts = malloc(sizeof(double) * 2 * GRAFT_CONV_TRAIN_PARTS * (size_t)co);
+        graft_f32_dwconv2d_forward_moments(&g, in, kernel, bias, got, parts,
+                                           parts + GRAFT_CONV_TRAIN_PARTS * co);
+        char what[64];
+        snprintf(what, sizeof what, "dw forward with moments, case %d", i);
+        assert_true(close_enough(what, got, want, pixels * co));
+        double *mean = malloc(sizeof(double) * 4 * (size_t)co), *var = mean + co,
+               *rmean = var + co, *rvar = rmean + co;
+        graft_f32_channel_moments_merge(parts, parts + GRAFT_CONV_TRAIN_PARTS * co,
+                                        GRAFT_CONV_TRAIN_PARTS, pixels, co, mean, var);
+        graft_f32_channel_moments__ref(want, pixels, co, rmean, rvar);
+        for (int64_t c = 0; c < co; c++) {
+            double spread = sqrt(rvar[c]) + 1e-6;
+            assert_true(fabs(mean[c] - rmean[c]) <= 1e-5 * (fabs(rmean[c]) + spread));
+            assert_true(fabs(var[c] - rvar[c]) <= 1e-4 * rvar[c] + 1e-9);
+        }
+        free(in), free(kernel), free(bias), free(want), free(got), free(parts), free(mean);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -199,6 +245,7 @@ int main(void)
         cmocka_unit_test(dwconv_3x3s1_same_mobilenet_widths),
         cmocka_unit_test(dwconv_direct_writes_only_its_row_range),
         cmocka_unit_test(dwconv_parallel_matches_ref),
+        cmocka_unit_test(dwconv_forward_moments_match_refs),
         cmocka_unit_test(dwconv_direct_handles_hand_made_asymmetric_padding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -259,8 +259,10 @@ static void bn_graph_case(int bn_inference, const char *from)
     assert_int_equal(tg.absorbed_by[node_named(m, "dw_relu")], node_named(m, "dw_bn"));
     assert_int_equal(tg.absorbs[node_named(m, "p_bn")], -1);
     assert_int_equal(tg.pad_before[node_named(m, "dw")], from ? -1 : node_named(m, "pad"));
-    /* with batch statistics the 1x1 convolutions take their BatchNorms' moments */
+    /* with batch statistics the convolutions take their BatchNorms' moments */
     assert_int_equal(tg.moments_for[node_named(m, "p")], bn_inference ? -1 : node_named(m, "p_bn"));
+    assert_int_equal(tg.moments_for[node_named(m, "dw")],
+                     bn_inference ? -1 : node_named(m, "dw_bn"));
     assert_int_equal(tg.moments_for[node_named(m, "a")],
                      bn_inference || from ? -1 : node_named(m, "a_bn"));
     const int training = !bn_inference;

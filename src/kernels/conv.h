@@ -169,6 +169,15 @@ void graft_f32_dwconv2d_parallel(const graft_conv_geom *g,
                                  const float *bias,   /* (in_c*M) or NULL */
                                  float *out);         /* (N, out_h, out_w, in_c*M) */
 
+/* The same forward, linear, also taking the per-channel moments of its output
+ * as graft_f32_conv2d_train_forward_moments does (parts of pixels, merged by
+ * graft_f32_channel_moments_merge), each chunk of rows while it is in cache
+ * when batch * out_h splits evenly into the parts; else in a pass after. */
+void graft_f32_dwconv2d_forward_moments(const graft_conv_geom *g, const float *in,
+                                        const float *kernel, const float *bias, float *out,
+                                        double *part_mean /* (PARTS, out_c) */,
+                                        double *part_m2 /* (PARTS, out_c) */);
+
 /* One output row of a depthwise convolution with M = 1, from the kernel_h input
  * rows its windows cover: rows[ky] is input row oy*stride_h - pad_top +
  * ky*dilation_h, or NULL where that row is padding. The bias and act (linear,

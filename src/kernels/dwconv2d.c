@@ -1,6 +1,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "kernels/batch_norm.h"
 #include "kernels/conv.h"
 #include "kernels/simd.h"
 #include "kernels/split.h"
@@ -219,5 +220,41 @@ void graft_f32_dwconv2d_parallel(const graft_conv_geom *g, const float *in, cons
         int64_t s, e;
         graft__split_range(rows, omp_get_thread_num(), omp_get_num_threads(), &s, &e);
         graft_f32_dwconv2d__direct(g, s, e, in, kernel, bias, out);
+    }
+}
+
+/* Output pixels per chunk of the moments-taking forward, as the convolution's:
+ * the chunk is still in L2 when its moments are taken. */
+enum { DW_MOMENT_CHUNK = 128, DW_PARTS = GRAFT_CONV_TRAIN_PARTS };
+
+void graft_f32_dwconv2d_forward_moments(const graft_conv_geom *g, const float *in,
+                                        const float *kernel, const float *bias, float *out,
+                                        double *part_mean, double *part_m2)
+{
+    const int64_t rows = g->batch * g->out_h, OW = g->out_w, CO = g->out_c;
+    const int64_t pixels = rows * OW;
+    int threads = omp_get_max_threads() < DW_PARTS ? omp_get_max_threads() : DW_PARTS;
+    if (rows % DW_PARTS) {
+        /* Parts of whole rows would not be the pixel parts the merge expects. */
+        graft_f32_dwconv2d_parallel(g, in, kernel, bias, out);
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int p = 0; p < DW_PARTS; p++) {
+            const int64_t p0 = pixels * p / DW_PARTS, p1 = pixels * (p + 1) / DW_PARTS;
+            graft_f32_channel_moments_add_rows(out + p0 * CO, p1 - p0, CO, 0, part_mean + p * CO,
+                                               part_m2 + p * CO);
+        }
+        return;
+    }
+    const int64_t chunk = OW < DW_MOMENT_CHUNK ? DW_MOMENT_CHUNK / OW : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int p = 0; p < DW_PARTS; p++) {
+        const int64_t r0 = rows / DW_PARTS * p, r1 = r0 + rows / DW_PARTS;
+        for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+            const int64_t c1 = r1 - c0 < chunk ? r1 : c0 + chunk;
+            graft_f32_dwconv2d__direct(g, c0, c1, in, kernel, bias, out);
+            graft_f32_channel_moments_add_rows(out + c0 * OW * CO, (c1 - c0) * OW, CO,
+                                               (c0 - r0) * OW, part_mean + p * CO,
+                                               part_m2 + p * CO);
+        }
     }
 }

@@ -68,6 +68,13 @@ static void depthwise_forward(const graft__layer *layer, const graft__forward_ar
         graft__activation_apply(a->epilogue, a->output, rows, g.out_c);
         return;
     }
+    if (a->moments_out && c->conv.act == GRAFT__ACT_LINEAR) {
+        graft_f32_dwconv2d_forward_moments(&g, a->inputs[0], layer->weights[0].data,
+                                           c->conv.use_bias ? layer->weights[1].data : NULL,
+                                           a->output, a->moments_out,
+                                           a->moments_out + GRAFT_CONV_TRAIN_PARTS * g.out_c);
+        return;
+    }
     graft_f32_dwconv2d_parallel(&g, a->inputs[0], layer->weights[0].data,
                                 c->conv.use_bias ? layer->weights[1].data : NULL, a->output);
     if (a->logits)
@@ -137,6 +144,7 @@ const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .forward = depthwise_forward,
     .saved_bytes = depthwise_saved,
     .backward = depthwise_backward,
+    .writes_moments = 1,
     .output_activation = depthwise_output_activation,
     .fold_affine = depthwise_fold_affine,
     .conv_geom = depthwise_geom,
