@@ -263,6 +263,9 @@ static void bn_graph_case(int bn_inference, const char *from)
     assert_int_equal(tg.moments_for[node_named(m, "p")], bn_inference ? -1 : node_named(m, "p_bn"));
     assert_int_equal(tg.moments_for[node_named(m, "dw")],
                      bn_inference ? -1 : node_named(m, "dw_bn"));
+    /* BatchNorms write their input's gradient over their output's */
+    assert_ptr_equal(tg.d_act[node_named(m, "dw")], tg.d_act[node_named(m, "dw_relu")]);
+    assert_ptr_equal(tg.d_act[node_named(m, "p")], tg.d_act[node_named(m, "p_bn")]);
     assert_int_equal(tg.moments_for[node_named(m, "a")],
                      bn_inference || from ? -1 : node_named(m, "a_bn"));
     const int training = !bn_inference;

@@ -202,4 +202,5 @@ const graft__layer_ops graft__batch_norm_layer_ops = {
     .backward = batch_norm_backward,
     .absorbs_relu = 1,
     .writes_fresh_grads = 1,
+    .backward_in_place = 1,
 };

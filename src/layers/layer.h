@@ -142,6 +142,10 @@ struct graft__layer_ops {
     int writes_moments;
     /* Backward honours `fresh`, so the trainer need not zero those gradients. */
     int writes_fresh_grads;
+    /* Backward may write a fresh d_inputs[0] over d_output: the input has the
+     * output's shape and each value of d_output is read before that of
+     * d_inputs[0] at the same place is written. */
+    int backward_in_place;
 };
 
 /* The kind for a Keras class name, or NULL. */

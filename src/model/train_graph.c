@@ -179,6 +179,24 @@ static int slot_acquire(slot_pool *p, size_t bytes)
     return best;
 }
 
+/* Node j writes its input's gradient over its output's (BatchNorm): j is that
+ * input's only reader and so its first writer, which overwrites (`fresh`). In
+ * place, the pass reads lines it writes, and DRAM is not read a third time for
+ * the lines written (128 MB a step at block_1 of full MobileNetV2, batch 32). */
+static int in_place(const graft__train_graph *tg, int j, const int *slot_of)
+{
+    const graft_model *m = tg->model;
+    const graft__node *node = &m->nodes[j];
+    if (!node->layer->ops->backward_in_place || !node->layer->ops->writes_fresh_grads ||
+        node->n_inputs != 1 || written_by(tg, j) == m->output_node ||
+        slot_of[written_by(tg, j)] < 0)
+        return 0;
+    int src = input_of(tg, j, 0);
+    return tg->needs_backward[src] && src != m->input_node && slot_of[src] < 0 &&
+           src == node->inputs[0] && graft__only_reader(m, src) == j &&
+           graft__shape_elems(&m->nodes[src].shape) == graft__shape_elems(&node->shape);
+}
+
 /* Activation gradients live from the backward of a node's last consumer (which
  * writes it first) to the node's own backward: replaying the backward order once
  * assigns each a slot, reused after, so memory is the widest cut of live gradients
@@ -203,6 +221,13 @@ static graft_status plan_gradient_slots(graft__train_graph *tg)
         /* An absorbed ReLU's gradient lives on to its BatchNorm's backward. */
         if (!tg->needs_backward[j] || j == m->input_node || tg->absorbed_by[j] >= 0)
             continue;
+        if (in_place(tg, j, slot_of)) {
+            /* The input's gradient takes over the output's slot, still busy. */
+            int src = input_of(tg, j, 0);
+            slot_of[src] = slot_of[written_by(tg, j)];
+            tg->first_writer[src] = j;
+            continue;
+        }
         for (int k = 0; k < m->nodes[j].n_inputs; k++) {
             int src = input_of(tg, j, k);
             if (tg->needs_backward[src] && src != m->input_node && slot_of[src] < 0) {
