@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "kernels/batch_norm.h"
 #include "kernels/conv.h"
 
 #define ATOL 1e-5
@@ -84,6 +85,26 @@ static inline graft_conv_geom geom(int64_t n, int64_t h, int64_t w, int64_t c, i
                          .kernel_h = kh, .kernel_w = kw, .stride_h = sh, .stride_w = sw,
                          .dilation_h = dh, .dilation_w = dw};
     return g;
+}
+
+/* Moments taken by parts (GRAFT_CONV_TRAIN_PARTS of them, means then squared
+ * deviations, as a training forward takes them), merged, against the
+ * double-precision ref's moments of the output they were taken from. */
+static inline void assert_part_moments_match_ref(const double *parts, const float *out,
+                                                 int64_t pixels, int64_t ch)
+{
+    double *mean = malloc(sizeof(double) * 4 * (size_t)ch), *var = mean + ch, *rmean = var + ch,
+           *rvar = rmean + ch;
+    assert_non_null(mean);
+    graft_f32_channel_moments_merge(parts, parts + GRAFT_CONV_TRAIN_PARTS * ch,
+                                    GRAFT_CONV_TRAIN_PARTS, pixels, ch, mean, var);
+    graft_f32_channel_moments__ref(out, pixels, ch, rmean, rvar);
+    for (int64_t c = 0; c < ch; c++) {
+        double spread = sqrt(rvar[c]) + 1e-6;
+        assert_true(fabs(mean[c] - rmean[c]) <= 1e-5 * (fabs(rmean[c]) + spread));
+        assert_true(fabs(var[c] - rvar[c]) <= 1e-4 * rvar[c] + 1e-9);
+    }
+    free(mean);
 }
 
 static inline double dot_double(const float *a, const float *b, int64_t n)
