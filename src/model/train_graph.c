@@ -182,7 +182,9 @@ static int slot_acquire(slot_pool *p, size_t bytes)
 /* Node j writes its input's gradient over its output's (BatchNorm): j is that
  * input's only reader and so its first writer, which overwrites (`fresh`). In
  * place, the pass reads lines it writes, and DRAM is not read a third time for
- * the lines written (128 MB a step at block_1 of full MobileNetV2, batch 32). */
+ * the lines written (154 MB at block_1_expand_BN, full MobileNetV2 at batch
+ * 32), and one gradient slot fewer is live: full fine-tuning's BatchNorm
+ * backward went from 171 to 138-152 ms a step, its peak RSS 2131 -> 2003 MB. */
 static int in_place(const graft__train_graph *tg, int j, const int *slot_of)
 {
     const graft_model *m = tg->model;
