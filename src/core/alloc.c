@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "graft.h"
 
@@ -36,11 +37,19 @@ void graft__free(void *p)
         hooks.free(p);
 }
 
-/* Alignment is done by hand over the hooks so a failing test allocator also covers
+/* Buffers of GRAFT_HUGE_BYTES and more (training's activations and gradients,
+ * 2 GB at batch 32) start on a 2 MiB boundary and ask for transparent huge pages,
+ * where the kernel gives them on request (THP "madvise", Debian's default). The
+ * passes over them then miss the TLB less: full fine-tuning of MobileNetV2 ran
+ * 3% faster in steady state (7 alternating process pairs, 6 faster) and its
+ * first touch took 75k page faults instead of 517k. Memory from a custom
+ * allocator that is not anonymous mmap makes madvise fail harmlessly.
+ *
+ * Alignment is done by hand over the hooks so a failing test allocator also covers
  * the large aligned buffers. The original pointer is stored just before the block. */
 void *graft__malloc_aligned(size_t bytes)
 {
-    const size_t align = 64;
+    const size_t align = bytes >= GRAFT_HUGE_BYTES ? GRAFT_HUGE_ALIGN : 64;
     if (bytes > SIZE_MAX - align - sizeof(void *))
         return NULL;
     unsigned char *raw = graft__malloc(bytes + align + sizeof(void *));
@@ -49,6 +58,8 @@ void *graft__malloc_aligned(size_t bytes)
     uintptr_t start = (uintptr_t)(raw + sizeof(void *));
     uintptr_t aligned = (start + align - 1) & ~(uintptr_t)(align - 1);
     ((void **)aligned)[-1] = raw;
+    if (align == GRAFT_HUGE_ALIGN)
+        (void)madvise((void *)aligned, bytes & ~(size_t)(GRAFT_HUGE_ALIGN - 1), MADV_HUGEPAGE);
     return (void *)aligned;
 }
 

@@ -10,7 +10,9 @@ void *graft__malloc(size_t bytes);
 /* Zeroed n*size bytes; NULL when the product overflows. */
 void *graft__calloc(size_t n, size_t size);
 void *graft__realloc(void *p, size_t bytes);
-/* 64-byte aligned (AVX-512 loads); free with graft__free_aligned. */
+enum { GRAFT_HUGE_BYTES = 4 << 20, GRAFT_HUGE_ALIGN = 2 << 20 };
+/* 64-byte aligned (AVX-512 loads), and GRAFT_HUGE_ALIGN aligned with transparent
+ * huge pages asked for from GRAFT_HUGE_BYTES up; free with graft__free_aligned. */
 void *graft__malloc_aligned(size_t bytes);
 void graft__free_aligned(void *p);
 void graft__free(void *p);
