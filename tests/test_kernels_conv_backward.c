@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <omp.h>
 
 #include "kernels/conv.h"
 #include "kernels/gemm.h"
@@ -215,6 +216,48 @@ static void pointwise_packed_backward_matches_ref(void **state)
                 }
 }
 
+/* The threaded pointwise backward (both gradients in one pass over dout) against
+ * the refs: pixel counts that leave a short last chunk and parts of unequal
+ * size, fewer pixels than parts, channel counts off the vector width, both
+ * accumulation modes, and threads 1 and 3 (results must not depend on them). */
+static void pointwise_train_backward_both_gradients_match_ref(void **state)
+{
+    static const int64_t shapes[][4] = {
+        {1, 1, 5, 13}, {1, 2, 3, 1}, {2, 37, 17, 24}, {3, 29, 24, 9}, {1, 41, 8, 96}};
+    const int saved_threads = omp_get_max_threads();
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int accumulate = 0; accumulate < 2; accumulate++)
+            for (int threads = 1; threads <= 3; threads += 2) {
+                graft_conv_geom g = geom(shapes[s][0], shapes[s][1], shapes[s][1] + 2,
+                                         shapes[s][2], shapes[s][3], 1, 1, 1, 1, 1, 1);
+                assert_int_equal(graft_conv_geom_init(&g, 0), 1);
+                conv_case c = conv_case_new(g);
+                float *din_want = rand_buf(c.nin, 1.0f), *din_got = guarded_buf(c.nin);
+                for (int64_t i = 0; i < c.nin; i++)
+                    din_got[i] = accumulate ? din_want[i] : NAN;
+                if (!accumulate)
+                    memset(din_want, 0, sizeof(float) * (size_t)c.nin);
+                float *dk_want = rand_buf(c.nk, 1.0f), *dk_got = guarded_buf(c.nk);
+                memcpy(dk_got, dk_want, sizeof(float) * (size_t)c.nk);
+                graft_f32_conv2d_backward_input__ref(&g, c.r, c.kernel, din_want);
+                graft_f32_conv2d_backward_weight__ref(&g, c.in, c.r, dk_want);
+                float *work = guarded_buf((int64_t)graft_f32_conv2d_train_scratch_floats(&g));
+                omp_set_num_threads(threads);
+                graft_f32_conv2d_train_backward_pointwise(&g, c.in, c.r, c.kernel, dk_got, din_got,
+                                                          accumulate, work);
+                omp_set_num_threads(saved_threads);
+                char what[96];
+                snprintf(what, sizeof what, "pw train dX %lldx%lld %lld->%lld acc %d threads %d",
+                         (long long)g.batch, (long long)g.in_h, (long long)g.in_c,
+                         (long long)g.out_c, accumulate, threads);
+                assert_true(close_enough(what, din_got, din_want, c.nin));
+                what[9] = 'W';
+                assert_true(close_enough(what, dk_got, dk_want, c.nk));
+                free(work), free(din_want), free(din_got), free(dk_want), free(dk_got);
+                conv_case_free(&c);
+            }
+}
+
 /* The packed weight gradient of windowed convolutions (im2col chunks taken as
  * a pointwise input) against the ref: strides, padding on one side only (as an
  * absorbed ZeroPadding2D leaves it), more pixels than one chunk, uneven split. */
@@ -325,6 +368,7 @@ int main(void)
         cmocka_unit_test(conv2d_backward_gemm_chunks_and_pointwise_blocks_match_ref),
         cmocka_unit_test(bias_backward_direct_matches_ref_and_keeps_to_its_channels),
         cmocka_unit_test(pointwise_packed_backward_matches_ref),
+        cmocka_unit_test(pointwise_train_backward_both_gradients_match_ref),
         cmocka_unit_test(conv2d_packed_weight_gradient_matches_ref),
         cmocka_unit_test(pointwise_weight_gradient_wide_output_matches_ref),
     };

@@ -143,6 +143,13 @@ void graft_f32_conv2d_train_backward_weight(const graft_conv_geom *g, const floa
 void graft_f32_conv2d_train_backward_input(const graft_conv_geom *g, const float *dout,
                                            const float *kernel, float *din, int accumulate,
                                            float *work);
+/* Both of a pointwise convolution's gradients (where train_weight_packed_pays)
+ * in one pass over dout: each chunk of it is read for the weight gradient and
+ * again from cache for the input gradient. Same results as the two calls above. */
+void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const float *in,
+                                               const float *dout, const float *kernel,
+                                               float *dkernel, float *din, int accumulate,
+                                               float *work);
 
 /* ---- DepthwiseConv2D ------------------------------------------------------- */
 /* Depth multiplier M = out_c / in_c; output channel c*M + m reads input channel c

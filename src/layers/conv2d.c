@@ -142,15 +142,21 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
                                 : graft__activation_grad(c->conv.act, a->saved, a->output, a->d_output,
                                                          act_buf, rows, g.out_c);
     const int packed = packed_path(c) && graft_f32_conv2d_is_pointwise(&g);
+    const int weight_packed = packed_path(c) && graft_f32_conv2d_train_weight_packed_pays(&g);
+    float *din = a->d_inputs[0];
+    if (c->conv.use_bias && a->d_weights[1])
+        graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
+    if (packed && weight_packed && a->d_weights[0] && din) {
+        graft_f32_conv2d_train_backward_pointwise(&g, a->inputs[0], dy, layer->weights[0].data,
+                                                  a->d_weights[0], din, !(a->fresh & 1u), work);
+        return;
+    }
     if (a->d_weights[0]) {
-        if (packed_path(c) && graft_f32_conv2d_train_weight_packed_pays(&g))
+        if (weight_packed)
             graft_f32_conv2d_train_backward_weight(&g, a->inputs[0], dy, a->d_weights[0], work);
         else
             graft_f32_conv2d_backward_weight__gemm(&g, a->inputs[0], dy, a->d_weights[0], work);
     }
-    if (c->conv.use_bias && a->d_weights[1])
-        graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
-    float *din = a->d_inputs[0];
     if (!din)
         return;
     if (packed) {
