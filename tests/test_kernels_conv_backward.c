@@ -12,6 +12,7 @@
 #include <cmocka.h>
 #include <omp.h>
 
+#include "kernels/batch_norm.h"
 #include "kernels/conv.h"
 #include "kernels/gemm.h"
 #include "kernel_tester.h"
@@ -219,43 +220,105 @@ static void pointwise_packed_backward_matches_ref(void **state)
 /* The threaded pointwise backward (both gradients in one pass over dout) against
  * the refs: pixel counts that leave a short last chunk and parts of unequal
  * size, fewer pixels than parts, channel counts off the vector width, both
- * accumulation modes, and threads 1 and 3 (results must not depend on them). */
+ * accumulation modes, threads 1 and 3 (results must not depend on them), only
+ * one of the two gradients wanted, and dout mapped through a following
+ * BatchNorm's input gradient (with ReLU6, against the BatchNorm ref). */
+typedef struct bn_case {
+    float *mul, *add, *mean, *inv, *scale, *mg, *mgx;
+} bn_case;
+
+/* A mapped dout differs from the ref's (double, rounded once) by an ulp here and
+ * there, and the weight gradient sums thousands of such products that largely
+ * cancel: each element is held to 1e-5 of the sum of its terms' magnitudes. */
+static int weight_grad_close(const char *what, const graft_conv_geom *g, const float *in,
+                             const float *dz, const float *got, const float *want)
+{
+    const int64_t ci = g->in_c, co = g->out_c, px = g->batch * g->out_h * g->out_w;
+    for (int64_t i = 0; i < ci; i++)
+        for (int64_t o = 0; o < co; o++) {
+            double mass = 0.0;
+            for (int64_t p = 0; p < px; p++)
+                mass += fabs((double)in[p * ci + i] * dz[p * co + o]);
+            double d = fabs((double)got[i * co + o] - want[i * co + o]);
+            if (!(d <= 1e-5 * mass + 1e-6)) {
+                print_error("%s: element %lld: got %.8g want %.8g (terms' mass %.3g)\n", what,
+                            (long long)(i * co + o), got[i * co + o], want[i * co + o], mass);
+                return 0;
+            }
+        }
+    return 1;
+}
+
+static void pointwise_train_backward_case(const int64_t shape[4], int accumulate, int threads,
+                                          int want, int with_bn)
+{
+    graft_conv_geom g = geom(shape[0], shape[1], shape[1] + 2, shape[2], shape[3], 1, 1, 1, 1, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&g, 0), 1);
+    conv_case c = conv_case_new(g);
+    const int64_t co = g.out_c, rows = c.nout / co;
+    bn_case b = {rand_buf(co, 1.0f), rand_buf(co, 1.0f), rand_buf(co, 1.0f), rand_buf(co, 1.0f),
+                 rand_buf(co, 1.0f), rand_buf(co, 1.0f), rand_buf(co, 1.0f)};
+    graft_bn_grad_map map = {GRAFT__ACT_RELU6, b.mul, b.add, b.mean, b.inv, b.scale, b.mg, b.mgx};
+    /* The convolution's output: scaled so that x * mul + add crosses 0 and 6. */
+    float *out = rand_buf(c.nout, 8.0f), *dz = c.r;
+    if (with_bn) {
+        dz = malloc(sizeof(float) * (size_t)c.nout);
+        graft_f32_bn_backward_input__ref(out, c.r, map.act, b.mul, b.add, b.mean, b.inv, b.scale,
+                                         b.mg, b.mgx, rows, co, dz, 0);
+    }
+    float *din_want = rand_buf(c.nin, 1.0f), *din_got = guarded_buf(c.nin);
+    for (int64_t i = 0; i < c.nin; i++)
+        din_got[i] = accumulate ? din_want[i] : NAN;
+    if (!accumulate)
+        memset(din_want, 0, sizeof(float) * (size_t)c.nin);
+    float *dk_want = rand_buf(c.nk, 1.0f), *dk_got = guarded_buf(c.nk);
+    memcpy(dk_got, dk_want, sizeof(float) * (size_t)c.nk);
+    if (want & 1) /* else dk_got must stay as it was */
+        graft_f32_conv2d_backward_weight__ref(&g, c.in, dz, dk_want);
+    if (want & 2) /* else din_got must stay as it was */
+        graft_f32_conv2d_backward_input__ref(&g, dz, c.kernel, din_want);
+    float *work = guarded_buf((int64_t)graft_f32_conv2d_train_scratch_floats(&g));
+    const int saved_threads = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    graft_f32_conv2d_train_backward_pointwise(&g, c.in, c.r, c.kernel, want & 1 ? dk_got : NULL,
+                                              want & 2 ? din_got : NULL, accumulate,
+                                              with_bn ? &map : NULL, out, work);
+    omp_set_num_threads(saved_threads);
+    char what[128];
+    snprintf(what, sizeof what, "pw train dX %lldx%lld %lld->%lld acc %d threads %d bn %d",
+             (long long)g.batch, (long long)g.in_h, (long long)g.in_c, (long long)co, accumulate,
+             threads, with_bn);
+    if (want & 2)
+        assert_true(close_enough(what, din_got, din_want, c.nin));
+    else /* untouched */
+        for (int64_t i = 0; i < c.nin; i++)
+            assert_true(accumulate ? din_got[i] == din_want[i] : isnan(din_got[i]));
+    what[10] = 'W';
+    if (want & 1 && with_bn)
+        assert_true(weight_grad_close(what, &g, c.in, dz, dk_got, dk_want));
+    else if (want & 1)
+        assert_true(close_enough(what, dk_got, dk_want, c.nk));
+    else
+        assert_memory_equal(dk_got, dk_want, sizeof(float) * (size_t)c.nk);
+    if (with_bn)
+        free(dz);
+    free(b.mul), free(b.add), free(b.mean), free(b.inv), free(b.scale), free(b.mg), free(b.mgx);
+    free(out), free(work), free(din_want), free(din_got), free(dk_want), free(dk_got);
+    conv_case_free(&c);
+}
+
 static void pointwise_train_backward_both_gradients_match_ref(void **state)
 {
     static const int64_t shapes[][4] = {
         {1, 1, 5, 13}, {1, 2, 3, 1}, {2, 37, 17, 24}, {3, 29, 24, 9}, {1, 41, 8, 96}};
-    const int saved_threads = omp_get_max_threads();
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (int accumulate = 0; accumulate < 2; accumulate++)
-            for (int threads = 1; threads <= 3; threads += 2) {
-                graft_conv_geom g = geom(shapes[s][0], shapes[s][1], shapes[s][1] + 2,
-                                         shapes[s][2], shapes[s][3], 1, 1, 1, 1, 1, 1);
-                assert_int_equal(graft_conv_geom_init(&g, 0), 1);
-                conv_case c = conv_case_new(g);
-                float *din_want = rand_buf(c.nin, 1.0f), *din_got = guarded_buf(c.nin);
-                for (int64_t i = 0; i < c.nin; i++)
-                    din_got[i] = accumulate ? din_want[i] : NAN;
-                if (!accumulate)
-                    memset(din_want, 0, sizeof(float) * (size_t)c.nin);
-                float *dk_want = rand_buf(c.nk, 1.0f), *dk_got = guarded_buf(c.nk);
-                memcpy(dk_got, dk_want, sizeof(float) * (size_t)c.nk);
-                graft_f32_conv2d_backward_input__ref(&g, c.r, c.kernel, din_want);
-                graft_f32_conv2d_backward_weight__ref(&g, c.in, c.r, dk_want);
-                float *work = guarded_buf((int64_t)graft_f32_conv2d_train_scratch_floats(&g));
-                omp_set_num_threads(threads);
-                graft_f32_conv2d_train_backward_pointwise(&g, c.in, c.r, c.kernel, dk_got, din_got,
-                                                          accumulate, work);
-                omp_set_num_threads(saved_threads);
-                char what[96];
-                snprintf(what, sizeof what, "pw train dX %lldx%lld %lld->%lld acc %d threads %d",
-                         (long long)g.batch, (long long)g.in_h, (long long)g.in_c,
-                         (long long)g.out_c, accumulate, threads);
-                assert_true(close_enough(what, din_got, din_want, c.nin));
-                what[9] = 'W';
-                assert_true(close_enough(what, dk_got, dk_want, c.nk));
-                free(work), free(din_want), free(din_got), free(dk_want), free(dk_got);
-                conv_case_free(&c);
-            }
+            for (int threads = 1; threads <= 3; threads += 2)
+                for (int with_bn = 0; with_bn < 2; with_bn++)
+                    pointwise_train_backward_case(shapes[s], accumulate, threads, 3, with_bn);
+    /* One gradient only. */
+    pointwise_train_backward_case(shapes[2], 1, 3, 1, 1);
+    pointwise_train_backward_case(shapes[3], 0, 3, 2, 1);
 }
 
 /* The packed weight gradient of windowed convolutions (im2col chunks taken as

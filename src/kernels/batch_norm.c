@@ -284,6 +284,28 @@ void graft_f32_bn_backward_sums(const float *x, const float *dy, graft__activati
     }
 }
 
+static inline __attribute__((always_inline)) void
+backward_input_row(const float *x, const float *dy, graft__activation act, const float *mul,
+                   const float *add, const float *mean, const float *inv, const float *scale,
+                   const float *mg, const float *mgx, int64_t ch, float *dx, int accumulate)
+{
+    int64_t c = 0;
+    for (; c + GRAFT_VL <= ch; c += GRAFT_VL) {
+        graft_vf xv = graft_vload(x + c);
+        graft_vf g = vgrad(act, xv * graft_vload(mul + c) + graft_vload(add + c),
+                           graft_vload(dy + c));
+        graft_vf xhat = (xv - graft_vload(mean + c)) * graft_vload(inv + c);
+        graft_vf v = graft_vload(scale + c) * (g - graft_vload(mg + c) - xhat * graft_vload(mgx + c));
+        graft_vstore(dx + c, accumulate ? graft_vload(dx + c) + v : v);
+    }
+    for (; c < ch; c++) {
+        float g = dy[c] * act_grad(act, x[c] * mul[c] + add[c]);
+        float xhat = (x[c] - mean[c]) * inv[c];
+        float v = scale[c] * (g - mg[c] - xhat * mgx[c]);
+        dx[c] = accumulate ? dx[c] + v : v;
+    }
+}
+
 void graft_f32_bn_backward_input(const float *x, const float *dy, graft__activation act,
                                  const float *mul, const float *add, const float *mean,
                                  const float *inv, const float *scale, const float *mg,
@@ -291,23 +313,16 @@ void graft_f32_bn_backward_input(const float *x, const float *dy, graft__activat
                                  int accumulate)
 {
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t o = r * ch;
-        int64_t c = 0;
-        for (; c + GRAFT_VL <= ch; c += GRAFT_VL) {
-            graft_vf xv = graft_vload(x + o + c);
-            graft_vf g = vgrad(act, xv * graft_vload(mul + c) + graft_vload(add + c),
-                               graft_vload(dy + o + c));
-            graft_vf xhat = (xv - graft_vload(mean + c)) * graft_vload(inv + c);
-            graft_vf v = graft_vload(scale + c) *
-                         (g - graft_vload(mg + c) - xhat * graft_vload(mgx + c));
-            graft_vstore(dx + o + c, accumulate ? graft_vload(dx + o + c) + v : v);
-        }
-        for (; c < ch; c++) {
-            float g = dy[o + c] * act_grad(act, x[o + c] * mul[c] + add[c]);
-            float xhat = (x[o + c] - mean[c]) * inv[c];
-            float v = scale[c] * (g - mg[c] - xhat * mgx[c]);
-            dx[o + c] = accumulate ? dx[o + c] + v : v;
-        }
-    }
+    for (int64_t r = 0; r < rows; r++)
+        backward_input_row(x + r * ch, dy + r * ch, act, mul, add, mean, inv, scale, mg, mgx, ch,
+                           dx + r * ch, accumulate);
+}
+
+void graft_f32_bn_backward_input_rows(const float *x, const float *dy,
+                                      const graft_bn_grad_map *map, int64_t rows, int64_t ch,
+                                      float *dx)
+{
+    for (int64_t r = 0; r < rows; r++)
+        backward_input_row(x + r * ch, dy + r * ch, map->act, map->mul, map->add, map->mean,
+                           map->inv, map->scale, map->mg, map->mgx, ch, dx + r * ch, 0);
 }

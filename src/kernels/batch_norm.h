@@ -63,4 +63,16 @@ void graft_f32_bn_backward_input(const float *x, const float *dy, graft__activat
                                  const float *mgx, int64_t rows, int64_t ch, float *dx,
                                  int accumulate);
 
+/* The input gradient above as a map, for a convolution that reads its own
+ * output's gradient a chunk at a time from the BatchNorm after it (without the
+ * tensor being written between them): x is the BatchNorm's input. */
+typedef struct graft_bn_grad_map {
+    graft__activation act;
+    const float *mul, *add, *mean, *inv, *scale, *mg, *mgx; /* per channel */
+} graft_bn_grad_map;
+/* dx (rows, ch) = the map at rows of x and dy, single-threaded; dx is written over. */
+void graft_f32_bn_backward_input_rows(const float *x, const float *dy,
+                                      const graft_bn_grad_map *map, int64_t rows, int64_t ch,
+                                      float *dx);
+
 #endif

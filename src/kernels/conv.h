@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "kernels/activation.h"
+#include "kernels/batch_norm.h"
 
 /* Geometry of a 2-D convolution or pooling window over NHWC data.
  * Padding follows TensorFlow: pad_top/pad_left given, bottom/right implied by
@@ -145,10 +146,15 @@ void graft_f32_conv2d_train_backward_input(const graft_conv_geom *g, const float
                                            float *work);
 /* Both of a pointwise convolution's gradients (where train_weight_packed_pays)
  * in one pass over dout: each chunk of it is read for the weight gradient and
- * again from cache for the input gradient. Same results as the two calls above. */
+ * again from cache for the input gradient. Same results as the two calls above;
+ * either of dkernel and din may be NULL (not wanted). With bn, dout is the
+ * gradient of the BatchNorm after the convolution, and each chunk of this
+ * convolution's own output gradient is mapped from it and from `out` (this
+ * convolution's output) by bn into the scratch, never written to memory. */
 void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const float *in,
                                                const float *dout, const float *kernel,
                                                float *dkernel, float *din, int accumulate,
+                                               const graft_bn_grad_map *bn, const float *out,
                                                float *work);
 
 /* ---- DepthwiseConv2D ------------------------------------------------------- */

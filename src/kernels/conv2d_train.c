@@ -15,6 +15,18 @@ enum { PARTS = GRAFT_CONV_TRAIN_PARTS };
 
 static size_t round16(size_t floats) { return (floats + 15) / 16 * 16; }
 
+/* Pixels per chunk of the pointwise backward: the chunk's dout rows (128 KiB)
+ * are still in L2 when the input gradient reads them after the weight gradient
+ * has. Against the two passes apart, call by call at batch 32 in one process:
+ * 6-41% faster where the images are 14x14 to 112x112 with 16 to 192 output
+ * channels, 5% at 112x112 32->16, where chunks of at most 256 pixels were 4-8%
+ * slower than separate passes. */
+static int64_t backward_chunk(int64_t out_c)
+{
+    int64_t chunk = 32768 / (out_c > 0 ? out_c : 1);
+    return chunk < 32 ? 32 : chunk > 2048 ? 2048 : chunk;
+}
+
 size_t graft_f32_conv2d_train_scratch_floats(const graft_conv_geom *g)
 {
     const int64_t K = g->kernel_h * g->kernel_w * g->in_c, N = g->out_c;
@@ -26,8 +38,10 @@ size_t graft_f32_conv2d_train_scratch_floats(const graft_conv_geom *g)
     if (!graft_f32_conv2d_is_pointwise(g))
         return most;
     size_t dx = round16((size_t)(K * N)) + round16((size_t)graft_f32_gemm_packed_floats(N, K));
-    /* The pointwise backward holds both at once. */
-    size_t both = PARTS * round16((size_t)(K * N)) + dx;
+    /* The pointwise backward holds both at once, and a chunk of mapped dout
+     * per thread. */
+    size_t both = PARTS * round16((size_t)(K * N)) + dx +
+                  PARTS * round16((size_t)(backward_chunk(N) * N));
     return most > both ? most : both;
 }
 
@@ -146,43 +160,45 @@ void graft_f32_conv2d_train_backward_weight(const graft_conv_geom *g, const floa
     }
 }
 
-/* Pixels per chunk of the pointwise backward: the chunk's dout rows (128 KiB)
- * are still in L2 when the input gradient reads them after the weight gradient
- * has. Against the two passes apart, call by call at batch 32 in one process:
- * 6-41% faster where the images are 14x14 to 112x112 with 16 to 192 output
- * channels, 5% at 112x112 32->16, where chunks of at most 256 pixels were 4-8%
- * slower than separate passes. */
-static int64_t backward_chunk(int64_t out_c)
-{
-    int64_t chunk = 32768 / (out_c > 0 ? out_c : 1);
-    return chunk < 32 ? 32 : chunk > 2048 ? 2048 : chunk;
-}
-
 void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const float *in,
                                                const float *dout, const float *kernel,
                                                float *dkernel, float *din, int accumulate,
+                                               const graft_bn_grad_map *bn, const float *out,
                                                float *work)
 {
     const int64_t CI = g->in_c, CO = g->out_c, pixels = g->batch * g->out_h * g->out_w;
     const size_t part_stride = round16((size_t)(CI * CO));
     float *parts = work;
-    const float *packed = pack_transposed(CI, CO, kernel, work + PARTS * part_stride);
+    float *after_parts = work + PARTS * part_stride;
+    const float *packed = din ? pack_transposed(CI, CO, kernel, after_parts) : NULL;
+    float *mapped = after_parts + round16((size_t)(CI * CO)) +
+                    round16((size_t)graft_f32_gemm_packed_floats(CO, CI));
     const int64_t chunk = backward_chunk(CO);
 #pragma omp parallel num_threads(threads_for(PARTS))
     {
+        float *dz = mapped + (size_t)omp_get_thread_num() * round16((size_t)(chunk * CO));
 #pragma omp for schedule(static)
         for (int p = 0; p < PARTS; p++) {
             const int64_t p0 = pixels * p / PARTS, p1 = pixels * (p + 1) / PARTS;
             float *acc = parts + (size_t)p * part_stride;
-            memset(acc, 0, sizeof(float) * (size_t)(CI * CO));
+            if (dkernel)
+                memset(acc, 0, sizeof(float) * (size_t)(CI * CO));
             for (int64_t c0 = p0; c0 < p1; c0 += chunk) {
-                const int64_t c1 = p1 - c0 < chunk ? p1 : c0 + chunk;
-                graft_f32_pw_backward_weight__direct(c0, c1, CI, CO, in, dout, acc);
-                graft_f32_pw_backward_input__packed(c0, c1, CI, CO, dout, packed, din,
-                                                    accumulate);
+                const int64_t n = p1 - c0 < chunk ? p1 - c0 : chunk;
+                const float *dy = dout + c0 * CO;
+                if (bn) {
+                    graft_f32_bn_backward_input_rows(out + c0 * CO, dy, bn, n, CO, dz);
+                    dy = dz;
+                }
+                if (dkernel)
+                    graft_f32_pw_backward_weight__direct(0, n, CI, CO, in + c0 * CI, dy, acc);
+                if (din)
+                    graft_f32_pw_backward_input__packed(0, n, CI, CO, dy, packed, din + c0 * CI,
+                                                        accumulate);
             }
         }
-        sum_parts(parts, part_stride, CI * CO, dkernel);
+        if (dkernel)
+            sum_parts(parts, part_stride, CI * CO, dkernel);
     }
 }
 

@@ -172,7 +172,7 @@ static void batch_norm_backward(const graft__layer *layer, const graft__backward
     float *d_beta = c->center ? a->d_weights[wi++] : NULL;
     float *dx = a->d_inputs[0];
     const float *x = a->inputs[0];
-    if (d_gamma || d_beta || (dx && a->batch_stats))
+    if (d_gamma || d_beta || ((dx || a->defer_input_grad) && a->batch_stats))
         graft_f32_bn_backward_sums(x, a->d_output, a->epilogue, mul, add, mean, inv, rows, ch,
                                    sum_dy, sum_dy_xhat, sum_dy_xhat + ch);
     for (int64_t j = 0; j < ch; j++) {
@@ -181,15 +181,18 @@ static void batch_norm_backward(const graft__layer *layer, const graft__backward
         if (d_beta)
             d_beta[j] += (float)sum_dy[j];
     }
-    if (!dx)
+    if (!dx && !a->defer_input_grad)
         return;
+    if (a->defer_input_grad)
+        g = a->defer_input_grad, mdy = g + ch, mdx = mdy + ch;
     for (int64_t j = 0; j < ch; j++) {
         g[j] = (w.gamma ? w.gamma[j] : 1.0f) * inv[j];
         mdy[j] = a->batch_stats ? (float)(sum_dy[j] / (double)rows) : 0.0f;
         mdx[j] = a->batch_stats ? (float)(sum_dy_xhat[j] / (double)rows) : 0.0f;
     }
-    graft_f32_bn_backward_input(x, a->d_output, a->epilogue, mul, add, mean, inv, g, mdy, mdx,
-                                rows, ch, dx, !(a->fresh & 1u));
+    if (!a->defer_input_grad)
+        graft_f32_bn_backward_input(x, a->d_output, a->epilogue, mul, add, mean, inv, g, mdy,
+                                    mdx, rows, ch, dx, !(a->fresh & 1u));
 }
 
 const graft__layer_ops graft__batch_norm_layer_ops = {

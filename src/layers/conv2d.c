@@ -146,9 +146,10 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
     float *din = a->d_inputs[0];
     if (c->conv.use_bias && a->d_weights[1])
         graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
-    if (packed && weight_packed && a->d_weights[0] && din) {
+    if (packed && weight_packed && (a->d_output_bn || (a->d_weights[0] && din))) {
         graft_f32_conv2d_train_backward_pointwise(&g, a->inputs[0], dy, layer->weights[0].data,
-                                                  a->d_weights[0], din, !(a->fresh & 1u), work);
+                                                  a->d_weights[0], din, !(a->fresh & 1u),
+                                                  a->d_output_bn, a->output, work);
         return;
     }
     if (a->d_weights[0]) {
@@ -167,6 +168,17 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
     if (a->fresh & 1u)
         memset(din, 0, sizeof(float) * (size_t)(g.batch * g.in_h * g.in_w * g.in_c));
     graft_f32_conv2d_backward_input__gemm(&g, dy, layer->weights[0].data, din, work);
+}
+
+/* A following BatchNorm's input gradient is taken a chunk at a time by the
+ * pointwise backward on the packed path (its weight gradient kernel), which has
+ * no bias gradient to give. */
+static int conv2d_takes_bn_grad(const graft__layer *layer, const graft__shape *in, int64_t batch)
+{
+    const conv2d_config *c = layer->config;
+    graft_conv_geom g = conv2d_geom(layer, in, batch);
+    return c->conv.act == GRAFT__ACT_LINEAR && !c->conv.use_bias &&
+           graft_f32_conv2d_is_pointwise(&g) && graft_f32_conv2d_train_weight_packed_pays(&g);
 }
 
 /* Output channel o of kernel (KH, KW, Cin, Cout) scales by mul[o]. */
@@ -198,6 +210,7 @@ const graft__layer_ops graft__conv2d_layer_ops = {
     .output_activation = conv2d_output_activation,
     .fold_affine = conv2d_fold_affine,
     .conv_geom = conv2d_geom,
+    .takes_bn_grad = conv2d_takes_bn_grad,
     .absorbs_padding = 1,
     .writes_fresh_grads = 1,
     .writes_moments = 1,

@@ -103,6 +103,14 @@ typedef struct graft__backward_args {
      * (set only for kinds with writes_fresh_grads; others find it zeroed). */
     unsigned fresh;
     const int64_t *in_pad;          /* as in forward; d_inputs[0] is then unpadded too */
+    /* A BatchNorm on batch statistics whose input gradient its input's producer
+     * computes itself (that producer's takes_bn_grad): the BatchNorm writes no
+     * d_inputs[0] but the map's scale, mg and mgx (3 x channels) here. */
+    float *defer_input_grad;
+    /* A convolution whose output only such a BatchNorm reads: d_output is the
+     * BatchNorm's output gradient; the convolution's own is this map of it and
+     * of `output`. */
+    const graft_bn_grad_map *d_output_bn;
 } graft__backward_args;
 
 struct graft__layer_ops {
@@ -133,6 +141,8 @@ struct graft__layer_ops {
     /* The window geometry over an input of this shape and batch (convolution
      * kinds, for executors that run them their own way); NULL for other kinds. */
     graft_conv_geom (*conv_geom)(const graft__layer *layer, const graft__shape *in, int64_t batch);
+    /* Backward can take d_output_bn at this input shape and batch; NULL: never. */
+    int (*takes_bn_grad)(const graft__layer *layer, const graft__shape *in, int64_t batch);
     /* Training may hand the kind a following ReLU or ReLU6 as `epilogue` (forward
      * and backward), saving that layer's passes over memory. */
     int absorbs_relu;

@@ -255,6 +255,33 @@ static graft_status plan_gradient_slots(graft__train_graph *tg)
     return rc;
 }
 
+/* A pointwise convolution whose output only a BatchNorm on batch statistics
+ * reads, the BatchNorm's input gradient taking over its output gradient's slot,
+ * maps that gradient a chunk at a time in its own backward from the BatchNorm's
+ * per-channel sums: the convolution's output gradient (154 MB at
+ * block_1_expand, full MobileNetV2 at batch 32) is never written to memory and
+ * read back. Full fine-tuning's steps: 1-4% faster (two runs of 15 alternating
+ * pairs in one process). */
+static graft_status plan_bn_grad_deferral(graft__train_graph *tg)
+{
+    const graft_model *m = tg->model;
+    for (int c = 0; c < m->n_nodes; c++) {
+        tg->bn_grad_from[c] = -1;
+        const int b = tg->moments_for[c];
+        const graft__layer *conv = m->nodes[c].layer;
+        if (b < 0 || !tg->d_act[c] || tg->d_act[c] != tg->d_act[written_by(tg, b)] ||
+            tg->first_writer[c] != b || tg->pad_before[c] >= 0 || !conv->ops->takes_bn_grad ||
+            m->nodes[c].n_inputs != 1 ||
+            !conv->ops->takes_bn_grad(conv, &m->nodes[m->nodes[c].inputs[0]].shape, tg->max_batch))
+            continue;
+        int64_t ch = m->nodes[b].shape.dim[m->nodes[b].shape.rank - 1];
+        if (!(tg->bn_coefs[b] = graft__malloc_aligned(sizeof(float) * 3 * (size_t)ch)))
+            return graft__fail(GRAFT_E_NOMEM, "out of memory for layer '%s'", m->nodes[b].layer->name);
+        tg->bn_grad_from[c] = b;
+    }
+    return GRAFT_OK;
+}
+
 static graft_status alloc_node_buffers(graft__train_graph *tg)
 {
     const graft_model *m = tg->model;
@@ -267,7 +294,7 @@ static graft_status alloc_node_buffers(graft__train_graph *tg)
             return graft__fail(GRAFT_E_NOMEM, "out of memory for layer '%s'",
                                m->nodes[i].layer->name);
     }
-    return rc;
+    return rc ? rc : plan_bn_grad_deferral(tg);
 }
 
 /* The frozen, deterministic nodes up to the cache boundary compute the same
@@ -315,11 +342,13 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     tg->pads = graft__calloc(n, sizeof *tg->pads);
     tg->moments_for = graft__calloc(n, sizeof(int));
     tg->moments = graft__calloc(n, sizeof(double *));
+    tg->bn_grad_from = graft__calloc(n, sizeof(int));
+    tg->bn_coefs = graft__calloc(n, sizeof(float *));
     tg->n_grads = model->n_params;
     tg->grads = graft__malloc_aligned(sizeof(float) * (size_t)(model->n_params ? model->n_params : 1));
     if (!tg->needs_backward || !tg->pinned || !tg->d_act || !tg->first_writer || !tg->saved ||
         !tg->absorbed_by || !tg->absorbs || !tg->pad_before || !tg->pads || !tg->moments_for || !tg->moments ||
-        !tg->grads) {
+        !tg->bn_grad_from || !tg->bn_coefs || !tg->grads) {
         graft__train_graph_free(tg);
         return graft__fail(GRAFT_E_NOMEM, "out of memory preparing training");
     }
@@ -364,6 +393,10 @@ void graft__train_graph_free(graft__train_graph *tg)
         graft__free(tg->moments[i]);
     graft__free(tg->moments);
     graft__free(tg->moments_for);
+    for (int i = 0; tg->bn_coefs && i < tg->model->n_nodes; i++)
+        graft__free_aligned(tg->bn_coefs[i]);
+    graft__free(tg->bn_coefs);
+    graft__free(tg->bn_grad_from);
     graft__free(tg->d_act);
     graft__free(tg->saved);
     graft__free(tg->needs_backward);
@@ -507,6 +540,14 @@ static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t
     }
     for (int w = 0; w < layer->n_weights; w++)
         d_weights[w] = graft__weight_learns(layer, w) ? tg->grads + layer->weights[w].offset : NULL;
+    graft_bn_grad_map bn_map;
+    const int bn = tg->bn_grad_from[i];
+    if (bn >= 0) {
+        const float *saved = tg->saved[bn], *coefs = tg->bn_coefs[bn];
+        const int64_t ch = m->nodes[bn].shape.dim[m->nodes[bn].shape.rank - 1];
+        bn_map = (graft_bn_grad_map){absorbed_act(tg, bn), saved + 2 * ch, saved + 3 * ch, saved,
+                                     saved + ch, coefs, coefs + ch, coefs + 2 * ch};
+    }
     graft__backward_args args = {
         .batch = batch,
         .n_inputs = node->n_inputs,
@@ -525,6 +566,8 @@ static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t
         .epilogue = absorbed_act(tg, i),
         .fresh = fresh,
         .in_pad = tg->pad_before[i] >= 0 ? tg->pads[i] : NULL,
+        .defer_input_grad = tg->bn_coefs[i],
+        .d_output_bn = bn >= 0 ? &bn_map : NULL,
     };
     layer->ops->backward(layer, &args);
 }

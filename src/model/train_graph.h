@@ -23,6 +23,8 @@ typedef struct graft__train_graph {
     int64_t (*pads)[4];    /* per node: that padding's top, bottom, left, right */
     int *moments_for;      /* per node: the BatchNorm whose batch moments this convolution takes, or -1 */
     double **moments;      /* per BatchNorm so fed: those moments, by parts */
+    int *bn_grad_from;     /* per node: the BatchNorm whose input gradient this convolution maps itself, or -1 */
+    float **bn_coefs;      /* per BatchNorm so deferred: its map's scale, mg, mgx */
     void **saved;          /* per node forward-saved state, NULL when none */
     float *grads;          /* same layout as model->params; only trainable parts used */
     int64_t n_grads;
