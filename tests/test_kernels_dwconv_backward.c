@@ -10,7 +10,9 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <omp.h>
 
+#include "kernels/batch_norm.h"
 #include "kernels/conv.h"
 #include "kernel_tester.h"
 
@@ -243,6 +245,100 @@ static void dwconv_backward_parallel_matches_ref(void **state)
     assert_true(dw_backward_fast_matches_ref(g, bw_in_parallel, bw_w_parallel, "parallel M2"));
 }
 
+/* Training's depthwise backward (both gradients an image at a time, parts of
+ * the batch) against the refs: strides, padding, depth multiplier 2, channel
+ * counts off the vector width, batches smaller and larger than the 8 parts,
+ * both accumulation modes, threads 1 and 3, one gradient only, and dout mapped
+ * through a following BatchNorm's input gradient (ReLU6), against its ref. */
+static void dw_train_backward_case(graft_conv_geom g, int accumulate, int threads, int want,
+                                   int with_bn)
+{
+    dw_case c = dw_case_new(g);
+    const int64_t co = g.out_c, rows = c.nout / co;
+    float *v[7];
+    for (int i = 0; i < 7; i++)
+        v[i] = rand_buf(co, 1.0f);
+    graft_bn_grad_map map = {GRAFT__ACT_RELU6, v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
+    float *out = rand_buf(c.nout, 8.0f), *dz = c.r; /* x * mul + add crosses 0 and 6 */
+    if (with_bn) {
+        dz = malloc(sizeof(float) * (size_t)c.nout);
+        graft_f32_bn_backward_input__ref(out, c.r, map.act, v[0], v[1], v[2], v[3], v[4], v[5],
+                                         v[6], rows, co, dz, 0);
+    }
+    float *din_want = rand_buf(c.nin, 1.0f), *din_got = guarded_buf(c.nin);
+    for (int64_t i = 0; i < c.nin; i++)
+        din_got[i] = accumulate ? din_want[i] : NAN;
+    if (!accumulate)
+        memset(din_want, 0, sizeof(float) * (size_t)c.nin);
+    if (want & 2)
+        graft_f32_dwconv2d_backward_input__ref(&g, 0, g.batch * g.in_h, dz, c.kernel, din_want);
+    float *dk_want = rand_buf(c.nk, 1.0f), *dk_got = guarded_buf(c.nk), *mass = calloc((size_t)c.nk, sizeof(float));
+    memcpy(dk_got, dk_want, sizeof(float) * (size_t)c.nk);
+    if (want & 1)
+        graft_f32_dwconv2d_backward_weight__ref(&g, 0, g.in_c, c.in, dz, dk_want);
+    /* Each weight gradient is a sum of many products that may cancel; a mapped
+     * dout is off the ref's by an ulp here and there: each element is held to
+     * 1e-5 of the sum of its terms' magnitudes, the ref over |in| and |dz|. */
+    float *abs_in = malloc(sizeof(float) * (size_t)c.nin), *abs_dz = malloc(sizeof(float) * (size_t)c.nout);
+    for (int64_t i = 0; i < c.nin; i++)
+        abs_in[i] = fabsf(c.in[i]);
+    for (int64_t i = 0; i < c.nout; i++)
+        abs_dz[i] = fabsf(dz[i]);
+    graft_f32_dwconv2d_backward_weight__ref(&g, 0, g.in_c, abs_in, abs_dz, mass);
+    float *work = guarded_buf((int64_t)graft_f32_dwconv2d_train_backward_scratch_floats(&g));
+    const int saved_threads = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    graft_f32_dwconv2d_train_backward(&g, c.in, c.r, c.kernel, want & 1 ? dk_got : NULL,
+                                      want & 2 ? din_got : NULL, accumulate,
+                                      with_bn ? &map : NULL, out, work);
+    omp_set_num_threads(saved_threads);
+    char what[128];
+    snprintf(what, sizeof what, "dw train dX %lldx%lldx%lld %lld->%lld s%lld acc %d threads %d bn %d",
+             (long long)g.batch, (long long)g.in_h, (long long)g.in_w, (long long)g.in_c,
+             (long long)co, (long long)g.stride_h, accumulate, threads, with_bn);
+    if (want & 2)
+        assert_true(close_enough(what, din_got, din_want, c.nin));
+    else
+        for (int64_t i = 0; i < c.nin; i++)
+            assert_true(accumulate ? din_got[i] == din_want[i] : isnan(din_got[i]));
+    what[10] = 'W';
+    for (int64_t i = 0; i < c.nk; i++) {
+        double d = fabs((double)dk_got[i] - dk_want[i]);
+        if (!(d <= 1e-5 * mass[i] + 1e-6))
+            fail_msg("%s: element %lld: got %.8g want %.8g (terms' mass %.3g)", what,
+                     (long long)i, dk_got[i], dk_want[i], mass[i]);
+    }
+    if (with_bn)
+        free(dz);
+    for (int i = 0; i < 7; i++)
+        free(v[i]);
+    free(out), free(work), free(din_want), free(din_got), free(dk_want), free(dk_got), free(mass);
+    free(abs_in), free(abs_dz);
+    dw_case_free(&c);
+}
+
+static void dwconv_train_backward_matches_ref(void **state)
+{
+    graft_conv_geom gs[5];
+    gs[0] = geom(3, 9, 8, 7, 7, 3, 3, 1, 1, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&gs[0], 1), 1);
+    gs[1] = geom(2, 9, 9, 17, 17, 3, 3, 2, 2, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&gs[1], 0), 1);
+    gs[2] = geom(1, 6, 5, 5, 10, 3, 3, 1, 1, 1, 1); /* depth multiplier 2 */
+    assert_int_equal(graft_conv_geom_init(&gs[2], 1), 1);
+    gs[3] = geom(11, 5, 4, 16, 16, 3, 3, 1, 1, 1, 1); /* more images than parts */
+    assert_int_equal(graft_conv_geom_init(&gs[3], 1), 1);
+    gs[4] = geom(5, 7, 7, 33, 33, 3, 3, 2, 2, 1, 1);
+    assert_int_equal(graft_conv_geom_init(&gs[4], 1), 1);
+    for (int i = 0; i < 5; i++)
+        for (int accumulate = 0; accumulate < 2; accumulate++)
+            for (int threads = 1; threads <= 3; threads += 2)
+                for (int with_bn = 0; with_bn < 2; with_bn++)
+                    dw_train_backward_case(gs[i], accumulate, threads, 3, with_bn);
+    dw_train_backward_case(gs[4], 1, 3, 1, 1); /* weight gradient only */
+    dw_train_backward_case(gs[1], 0, 3, 2, 1); /* input gradient only */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -253,6 +349,7 @@ int main(void)
         cmocka_unit_test(dwconv_backward_weight_sums_large_batches_accurately),
         cmocka_unit_test(dwconv_backward_kernel_larger_than_partial_buffer_matches_ref),
         cmocka_unit_test(dwconv_backward_parallel_matches_ref),
+        cmocka_unit_test(dwconv_train_backward_matches_ref),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -268,12 +268,14 @@ static void bn_graph_case(int bn_inference, const char *from)
     assert_ptr_equal(tg.d_act[node_named(m, "p")], tg.d_act[node_named(m, "p_bn")]);
     assert_int_equal(tg.moments_for[node_named(m, "a")],
                      bn_inference || from ? -1 : node_named(m, "a_bn"));
-    /* and the pointwise convolutions map their BatchNorms' input gradients
-     * themselves (a: weight gradient only, its input being the network's) */
+    /* and the convolutions map their BatchNorms' input gradients themselves (a:
+     * weight gradient only, its input being the network's; dw: through the
+     * padding it absorbs, or from "dw" weight gradient only) */
     assert_int_equal(tg.bn_grad_from[node_named(m, "p")], bn_inference ? -1 : node_named(m, "p_bn"));
     assert_int_equal(tg.bn_grad_from[node_named(m, "a")],
                      bn_inference || from ? -1 : node_named(m, "a_bn"));
-    assert_int_equal(tg.bn_grad_from[node_named(m, "dw")], -1);
+    assert_int_equal(tg.bn_grad_from[node_named(m, "dw")],
+                     bn_inference ? -1 : node_named(m, "dw_bn"));
     const int training = !bn_inference;
     for (int pass = 0; pass < 2; pass++) {
         memset(tg.grads, 0, sizeof(float) * (size_t)tg.n_grads);

@@ -342,6 +342,19 @@ void graft_f32_dwconv2d_backward_weight_parallel(const graft_conv_geom *g,
                                                  const float *dout, /* (N, out_h, out_w, in_c*M) */
                                                  float *dkernel);   /* (kernel_h, kernel_w, in_c, M), += */
 
+/* Training's depthwise backward: both gradients an image at a time (its output
+ * gradient read from cache by the second), images in fixed parts whose weight
+ * gradients are summed in order, so results do not depend on the thread count.
+ * dkernel (+=) and din (+= when accumulate, else written over) may each be NULL.
+ * With bn, dout is the gradient of the BatchNorm after the convolution and each
+ * image of this convolution's own is mapped from it and `out` (this
+ * convolution's output) by bn into the scratch, never written to memory. */
+size_t graft_f32_dwconv2d_train_backward_scratch_floats(const graft_conv_geom *g);
+void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in,
+                                       const float *dout, const float *kernel, float *dkernel,
+                                       float *din, int accumulate, const graft_bn_grad_map *bn,
+                                       const float *out, float *work);
+
 /* Pooling dX for samples [n_start, n_end): windows overlap when stride < kernel,
  * so each sample is scattered by one thread and threads split the batch. */
 void graft_f32_maxpool2d_backward__ref(const graft_conv_geom *g, int64_t n_start, int64_t n_end,

@@ -347,3 +347,63 @@ void graft_f32_dwconv2d_backward_weight_parallel(const graft_conv_geom *g, const
         graft_f32_dwconv2d_backward_weight__direct(g, s, e, in, dout, dkernel);
     }
 }
+
+/* Parts of the batch for training's depthwise backward: fixed, so the weight
+ * gradient (summed part by part, in order) does not depend on the thread count. */
+enum { DWB_PARTS = GRAFT_CONV_TRAIN_PARTS };
+
+static size_t round16(size_t floats) { return (floats + 15) / 16 * 16; }
+
+size_t graft_f32_dwconv2d_train_backward_scratch_floats(const graft_conv_geom *g)
+{
+    return DWB_PARTS * round16((size_t)(g->kernel_h * g->kernel_w * g->out_c)) +
+           DWB_PARTS * round16((size_t)(g->out_h * g->out_w * g->out_c));
+}
+
+void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in,
+                                       const float *dout, const float *kernel, float *dkernel,
+                                       float *din, int accumulate, const graft_bn_grad_map *bn,
+                                       const float *out, float *work)
+{
+    const int64_t taps = g->kernel_h * g->kernel_w * g->out_c;
+    const int64_t in_img = g->in_h * g->in_w * g->in_c, out_img = g->out_h * g->out_w * g->out_c;
+    const size_t part_stride = round16((size_t)taps), img_stride = round16((size_t)out_img);
+    float *parts = work, *mapped = work + DWB_PARTS * part_stride;
+    graft_conv_geom one = *g;
+    one.batch = 1;
+    int threads = omp_get_max_threads();
+    threads = threads < DWB_PARTS ? threads : DWB_PARTS;
+#pragma omp parallel num_threads(threads)
+    {
+        float *dz = mapped + (size_t)omp_get_thread_num() * img_stride;
+#pragma omp for schedule(static)
+        for (int p = 0; p < DWB_PARTS; p++) {
+            float *acc = parts + (size_t)p * part_stride;
+            if (dkernel)
+                memset(acc, 0, sizeof(float) * (size_t)taps);
+            for (int64_t n = g->batch * p / DWB_PARTS; n < g->batch * (p + 1) / DWB_PARTS; n++) {
+                const float *dy = dout + n * out_img;
+                if (bn) {
+                    graft_f32_bn_backward_input_rows(out + n * out_img, dy, bn,
+                                                     g->out_h * g->out_w, g->out_c, dz);
+                    dy = dz;
+                }
+                if (dkernel)
+                    graft_f32_dwconv2d_backward_weight__direct(&one, 0, g->in_c, in + n * in_img,
+                                                               dy, acc);
+                if (din)
+                    backward_input_rows(&one, 0, g->in_h, dy, kernel, din + n * in_img,
+                                        accumulate);
+            }
+        }
+        if (dkernel) {
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < taps; i++) {
+                float sum = 0.0f;
+                for (int p = 0; p < DWB_PARTS; p++)
+                    sum += parts[(size_t)p * part_stride + (size_t)i];
+                dkernel[i] += sum;
+            }
+        }
+    }
+}

@@ -173,10 +173,11 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
 /* A following BatchNorm's input gradient is taken a chunk at a time by the
  * pointwise backward on the packed path (its weight gradient kernel), which has
  * no bias gradient to give. */
-static int conv2d_takes_bn_grad(const graft__layer *layer, const graft__shape *in, int64_t batch)
+static int conv2d_takes_bn_grad(const graft__layer *layer, const graft__shape *in,
+                                const int64_t *in_pad, int64_t batch)
 {
     const conv2d_config *c = layer->config;
-    graft_conv_geom g = conv2d_geom(layer, in, batch);
+    graft_conv_geom g = graft__geom_unpad(conv2d_geom(layer, in, batch), in_pad);
     return c->conv.act == GRAFT__ACT_LINEAR && !c->conv.use_bias &&
            graft_f32_conv2d_is_pointwise(&g) && graft_f32_conv2d_train_weight_packed_pays(&g);
 }

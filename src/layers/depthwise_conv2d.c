@@ -84,11 +84,15 @@ static void depthwise_forward(const graft__layer *layer, const graft__forward_ar
     graft__activation_apply(c->conv.act, a->output, rows, g.out_c);
 }
 
+/* Room for dy * f' (a non-linear activation); training's backward work. */
 static size_t depthwise_scratch(const graft__layer *layer, int n_inputs, const graft__shape *in,
                                 const graft__shape *out, int64_t batch)
 {
     const depthwise_config *c = layer->config;
-    return c->conv.act == GRAFT__ACT_LINEAR ? 0 : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
+    graft_conv_geom g = depthwise_geom(layer, in, batch);
+    size_t act = sizeof(float) * (size_t)(batch * graft__shape_elems(out));
+    return sizeof(float) * graft_f32_dwconv2d_train_backward_scratch_floats(&g) +
+           (c->conv.act == GRAFT__ACT_LINEAR ? 0 : (act + 63) / 64 * 64);
 }
 
 static size_t depthwise_saved(const graft__layer *layer, const graft__shape *out, int64_t batch)
@@ -99,6 +103,21 @@ static size_t depthwise_saved(const graft__layer *layer, const graft__shape *out
                : sizeof(float) * (size_t)(batch * graft__shape_elems(out));
 }
 
+static size_t act_bytes(const depthwise_config *c, const graft__backward_args *a)
+{
+    size_t floats = (size_t)(a->batch * graft__shape_elems(a->out_shape));
+    return c->conv.act == GRAFT__ACT_LINEAR ? 0 : (floats * sizeof(float) + 63) / 64 * 64;
+}
+
+/* A following BatchNorm's input gradient is taken an image at a time by the
+ * training backward, which has no bias gradient to give. */
+static int depthwise_takes_bn_grad(const graft__layer *layer, const graft__shape *in,
+                                   const int64_t *in_pad, int64_t batch)
+{
+    const depthwise_config *c = layer->config;
+    return c->conv.act == GRAFT__ACT_LINEAR && !c->conv.use_bias;
+}
+
 static void depthwise_backward(const graft__layer *layer, const graft__backward_args *a)
 {
     const depthwise_config *c = layer->config;
@@ -107,10 +126,17 @@ static void depthwise_backward(const graft__layer *layer, const graft__backward_
     const float *dy = a->logits ? a->d_output
                                 : graft__activation_grad(c->conv.act, a->saved, a->output,
                                                          a->d_output, a->scratch, rows, g.out_c);
-    if (a->d_weights[0])
-        graft_f32_dwconv2d_backward_weight_parallel(&g, a->inputs[0], dy, a->d_weights[0]);
     if (c->conv.use_bias && a->d_weights[1])
         graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
+    if (a->d_output_bn || (a->d_weights[0] && a->d_inputs[0])) {
+        graft_f32_dwconv2d_train_backward(&g, a->inputs[0], dy, layer->weights[0].data,
+                                          a->d_weights[0], a->d_inputs[0], !(a->fresh & 1u),
+                                          a->d_output_bn, a->output,
+                                          (float *)((char *)a->scratch + act_bytes(c, a)));
+        return;
+    }
+    if (a->d_weights[0])
+        graft_f32_dwconv2d_backward_weight_parallel(&g, a->inputs[0], dy, a->d_weights[0]);
     if (a->d_inputs[0] && (a->fresh & 1u))
         graft_f32_dwconv2d_backward_input_parallel_overwrite(&g, dy, layer->weights[0].data,
                                                              a->d_inputs[0]);
@@ -148,6 +174,7 @@ const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .output_activation = depthwise_output_activation,
     .fold_affine = depthwise_fold_affine,
     .conv_geom = depthwise_geom,
+    .takes_bn_grad = depthwise_takes_bn_grad,
     .absorbs_padding = 1,
     .writes_fresh_grads = 1,
 };

@@ -141,8 +141,10 @@ struct graft__layer_ops {
     /* The window geometry over an input of this shape and batch (convolution
      * kinds, for executors that run them their own way); NULL for other kinds. */
     graft_conv_geom (*conv_geom)(const graft__layer *layer, const graft__shape *in, int64_t batch);
-    /* Backward can take d_output_bn at this input shape and batch; NULL: never. */
-    int (*takes_bn_grad)(const graft__layer *layer, const graft__shape *in, int64_t batch);
+    /* Backward can take d_output_bn at this input shape (in_pad as in forward)
+     * and batch; NULL: never. */
+    int (*takes_bn_grad)(const graft__layer *layer, const graft__shape *in,
+                         const int64_t *in_pad, int64_t batch);
     /* Training may hand the kind a following ReLU or ReLU6 as `epilogue` (forward
      * and backward), saving that layer's passes over memory. */
     int absorbs_relu;

@@ -255,13 +255,14 @@ static graft_status plan_gradient_slots(graft__train_graph *tg)
     return rc;
 }
 
-/* A pointwise convolution whose output only a BatchNorm on batch statistics
+/* A convolution (pointwise, or depthwise) whose output only a BatchNorm on batch statistics
  * reads, the BatchNorm's input gradient taking over its output gradient's slot,
  * maps that gradient a chunk at a time in its own backward from the BatchNorm's
  * per-channel sums: the convolution's output gradient (154 MB at
  * block_1_expand, full MobileNetV2 at batch 32) is never written to memory and
- * read back. Full fine-tuning's steps: 1-4% faster (two runs of 15 alternating
- * pairs in one process). */
+ * read back. Full fine-tuning's backward pass, timed node by node (steps 4-24
+ * at batch 32): 669 -> 579 ms, BatchNorms 154 -> 95 ms, with the depthwise
+ * backward taking both its gradients an image at a time. */
 static graft_status plan_bn_grad_deferral(graft__train_graph *tg)
 {
     const graft_model *m = tg->model;
@@ -270,9 +271,9 @@ static graft_status plan_bn_grad_deferral(graft__train_graph *tg)
         const int b = tg->moments_for[c];
         const graft__layer *conv = m->nodes[c].layer;
         if (b < 0 || !tg->d_act[c] || tg->d_act[c] != tg->d_act[written_by(tg, b)] ||
-            tg->first_writer[c] != b || tg->pad_before[c] >= 0 || !conv->ops->takes_bn_grad ||
-            m->nodes[c].n_inputs != 1 ||
-            !conv->ops->takes_bn_grad(conv, &m->nodes[m->nodes[c].inputs[0]].shape, tg->max_batch))
+            tg->first_writer[c] != b || !conv->ops->takes_bn_grad || m->nodes[c].n_inputs != 1 ||
+            !conv->ops->takes_bn_grad(conv, &m->nodes[m->nodes[c].inputs[0]].shape,
+                                      tg->pad_before[c] >= 0 ? tg->pads[c] : NULL, tg->max_batch))
             continue;
         int64_t ch = m->nodes[b].shape.dim[m->nodes[b].shape.rank - 1];
         if (!(tg->bn_coefs[b] = graft__malloc_aligned(sizeof(float) * 3 * (size_t)ch)))
