@@ -149,4 +149,38 @@ static inline graft_conv_geom pool_geom(int64_t n, int64_t h, int64_t w, int64_t
     return geom(n, h, w, c, c, kh, kw, sh, sw, 1, 1);
 }
 
+/* A layer's take of the BatchNorm before it's backward sums (its parts merged)
+ * against the ref over x and the final dy, each sum held to 1e-5 of the sum of
+ * its terms' magnitudes (it may cancel). The map's act is ReLU6 or linear. */
+static inline int bn_sums_close(const char *what, const float *x, const float *dy,
+                                const graft_bn_sums_out *got, int64_t rows, int64_t ch)
+{
+    double *want_g = malloc(sizeof(double) * 2 * (size_t)ch), *want_gx = want_g + ch;
+    double *sum_g = malloc(sizeof(double) * 2 * (size_t)ch), *sum_gx = sum_g + ch;
+    const graft_bn_grad_map *m = &got->map;
+    graft_f32_bn_backward_sums__ref(x, dy, m->act, m->mul, m->add, m->mean, m->inv, rows, ch,
+                                    want_g, want_gx);
+    graft_f32_bn_backward_sums_merge(got, ch, sum_g, sum_gx);
+    int ok = 1;
+    for (int64_t c = 0; c < ch && ok; c++) {
+        double mass_g = 0.0, mass_gx = 0.0;
+        for (int64_t r = 0; r < rows; r++) {
+            float v = x[r * ch + c] * m->mul[c] + m->add[c];
+            int on = m->act == GRAFT__ACT_LINEAR || (v > 0.0f && v < 6.0f);
+            double g = on ? fabs((double)dy[r * ch + c]) : 0.0;
+            mass_g += g;
+            mass_gx += g * fabs(((double)x[r * ch + c] - m->mean[c]) * m->inv[c]);
+        }
+        if (!(fabs(sum_g[c] - want_g[c]) <= 1e-5 * mass_g + 1e-9) ||
+            !(fabs(sum_gx[c] - want_gx[c]) <= 1e-5 * mass_gx + 1e-9)) {
+            print_error("%s: BatchNorm sums of channel %lld: got %.9g %.9g want %.9g %.9g\n",
+                        what, (long long)c, sum_g[c], sum_gx[c], want_g[c], want_gx[c]);
+            ok = 0;
+        }
+    }
+    free(want_g);
+    free(sum_g);
+    return ok;
+}
+
 #endif

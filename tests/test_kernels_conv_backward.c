@@ -280,17 +280,27 @@ static void pointwise_train_backward_case(const int64_t shape[4], int accumulate
     float *work = guarded_buf((int64_t)graft_f32_conv2d_train_scratch_floats(&g));
     const int saved_threads = omp_get_max_threads();
     omp_set_num_threads(threads);
+    /* The sums of a BatchNorm before (its input `c.in` again, its map `map`'s),
+     * taken from din as it is written, when din is. */
+    double *parts = malloc(sizeof(double) * 2 * GRAFT_BN_SUM_PARTS * (size_t)g.in_c);
+    float *sv[4];
+    for (int i = 0; i < 4; i++)
+        sv[i] = rand_buf(g.in_c, 1.0f);
+    graft_bn_sums_out sums = {{GRAFT__ACT_RELU6, sv[0], sv[1], sv[2], sv[3], NULL, NULL, NULL},
+                              c.in, parts, parts + GRAFT_BN_SUM_PARTS * g.in_c};
     graft_f32_conv2d_train_backward_pointwise(&g, c.in, c.r, c.kernel, want & 1 ? dk_got : NULL,
                                               want & 2 ? din_got : NULL, accumulate,
-                                              with_bn ? &map : NULL, out, work);
+                                              with_bn ? &map : NULL, out,
+                                              want & 2 ? &sums : NULL, work);
     omp_set_num_threads(saved_threads);
     char what[128];
     snprintf(what, sizeof what, "pw train dX %lldx%lld %lld->%lld acc %d threads %d bn %d",
              (long long)g.batch, (long long)g.in_h, (long long)g.in_c, (long long)co, accumulate,
              threads, with_bn);
-    if (want & 2)
+    if (want & 2) {
         assert_true(close_enough(what, din_got, din_want, c.nin));
-    else /* untouched */
+        assert_true(bn_sums_close(what, c.in, din_got, &sums, c.nin / g.in_c, g.in_c));
+    } else /* untouched */
         for (int64_t i = 0; i < c.nin; i++)
             assert_true(accumulate ? din_got[i] == din_want[i] : isnan(din_got[i]));
     what[10] = 'W';
@@ -303,14 +313,17 @@ static void pointwise_train_backward_case(const int64_t shape[4], int accumulate
     if (with_bn)
         free(dz);
     free(b.mul), free(b.add), free(b.mean), free(b.inv), free(b.scale), free(b.mg), free(b.mgx);
-    free(out), free(work), free(din_want), free(din_got), free(dk_want), free(dk_got);
+    free(out), free(work), free(din_want), free(din_got), free(dk_want), free(dk_got), free(parts);
+    for (int i = 0; i < 4; i++)
+        free(sv[i]);
     conv_case_free(&c);
 }
 
 static void pointwise_train_backward_both_gradients_match_ref(void **state)
 {
     static const int64_t shapes[][4] = {
-        {1, 1, 5, 13}, {1, 2, 3, 1}, {2, 37, 17, 24}, {3, 29, 24, 9}, {1, 41, 8, 96}};
+        {1, 1, 5, 13}, {1, 2, 3, 1}, {2, 37, 17, 24}, {3, 29, 24, 9}, {1, 41, 8, 96},
+        {1, 30, 300, 150}}; /* the last: two chunks a part, sized by din's wider rows */
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (int accumulate = 0; accumulate < 2; accumulate++)
             for (int threads = 1; threads <= 3; threads += 2)

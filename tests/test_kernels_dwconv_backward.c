@@ -288,17 +288,26 @@ static void dw_train_backward_case(graft_conv_geom g, int accumulate, int thread
     float *work = guarded_buf((int64_t)graft_f32_dwconv2d_train_backward_scratch_floats(&g));
     const int saved_threads = omp_get_max_threads();
     omp_set_num_threads(threads);
+    /* The sums of a BatchNorm before (its input c.in, a map of its own), taken
+     * from din as it is written, when din is. */
+    double *parts = malloc(sizeof(double) * 2 * GRAFT_BN_SUM_PARTS * (size_t)g.in_c);
+    float *sv[4];
+    for (int i = 0; i < 4; i++)
+        sv[i] = rand_buf(g.in_c, 1.0f);
+    graft_bn_sums_out sums = {{GRAFT__ACT_RELU6, sv[0], sv[1], sv[2], sv[3], NULL, NULL, NULL},
+                              c.in, parts, parts + GRAFT_BN_SUM_PARTS * g.in_c};
     graft_f32_dwconv2d_train_backward(&g, c.in, c.r, c.kernel, want & 1 ? dk_got : NULL,
                                       want & 2 ? din_got : NULL, accumulate,
-                                      with_bn ? &map : NULL, out, work);
+                                      with_bn ? &map : NULL, out, want & 2 ? &sums : NULL, work);
     omp_set_num_threads(saved_threads);
     char what[128];
     snprintf(what, sizeof what, "dw train dX %lldx%lldx%lld %lld->%lld s%lld acc %d threads %d bn %d",
              (long long)g.batch, (long long)g.in_h, (long long)g.in_w, (long long)g.in_c,
              (long long)co, (long long)g.stride_h, accumulate, threads, with_bn);
-    if (want & 2)
+    if (want & 2) {
         assert_true(close_enough(what, din_got, din_want, c.nin));
-    else
+        assert_true(bn_sums_close(what, c.in, din_got, &sums, c.nin / g.in_c, g.in_c));
+    } else
         for (int64_t i = 0; i < c.nin; i++)
             assert_true(accumulate ? din_got[i] == din_want[i] : isnan(din_got[i]));
     what[10] = 'W';
@@ -313,13 +322,15 @@ static void dw_train_backward_case(graft_conv_geom g, int accumulate, int thread
     for (int i = 0; i < 7; i++)
         free(v[i]);
     free(out), free(work), free(din_want), free(din_got), free(dk_want), free(dk_got), free(mass);
-    free(abs_in), free(abs_dz);
+    free(abs_in), free(abs_dz), free(parts);
+    for (int i = 0; i < 4; i++)
+        free(sv[i]);
     dw_case_free(&c);
 }
 
 static void dwconv_train_backward_matches_ref(void **state)
 {
-    graft_conv_geom gs[5];
+    graft_conv_geom gs[6];
     gs[0] = geom(3, 9, 8, 7, 7, 3, 3, 1, 1, 1, 1);
     assert_int_equal(graft_conv_geom_init(&gs[0], 1), 1);
     gs[1] = geom(2, 9, 9, 17, 17, 3, 3, 2, 2, 1, 1);
@@ -330,7 +341,9 @@ static void dwconv_train_backward_matches_ref(void **state)
     assert_int_equal(graft_conv_geom_init(&gs[3], 1), 1);
     gs[4] = geom(5, 7, 7, 33, 33, 3, 3, 2, 2, 1, 1);
     assert_int_equal(graft_conv_geom_init(&gs[4], 1), 1);
-    for (int i = 0; i < 5; i++)
+    gs[5] = geom(2, 50, 40, 33, 33, 3, 3, 1, 1, 1, 1); /* din in bands of 24 rows */
+    assert_int_equal(graft_conv_geom_init(&gs[5], 1), 1);
+    for (int i = 0; i < 6; i++)
         for (int accumulate = 0; accumulate < 2; accumulate++)
             for (int threads = 1; threads <= 3; threads += 2)
                 for (int with_bn = 0; with_bn < 2; with_bn++)

@@ -276,6 +276,11 @@ static void bn_graph_case(int bn_inference, const char *from)
                      bn_inference || from ? -1 : node_named(m, "a_bn"));
     assert_int_equal(tg.bn_grad_from[node_named(m, "dw")],
                      bn_inference ? -1 : node_named(m, "dw_bn"));
+    /* and the layer after a BatchNorm takes its backward sums (not dw: strided,
+     * through a padding) */
+    assert_int_equal(tg.sums_for[node_named(m, "dw")], -1);
+    assert_int_equal(tg.sums_for[node_named(m, "p")], bn_inference ? -1 : node_named(m, "dw_bn"));
+    assert_int_equal(tg.sums_for[node_named(m, "gap")], -1);
     const int training = !bn_inference;
     for (int pass = 0; pass < 2; pass++) {
         memset(tg.grads, 0, sizeof(float) * (size_t)tg.n_grads);

@@ -284,6 +284,32 @@ void graft_f32_bn_backward_sums(const float *x, const float *dy, graft__activati
     }
 }
 
+void graft_f32_bn_backward_sums_add_rows(const float *x, const float *dy,
+                                         const graft_bn_grad_map *map, int64_t rows, int64_t ch,
+                                         double *sum_g, double *sum_gx)
+{
+    for (int64_t b = 0; b < rows; b += BLOCK) {
+        int64_t b1 = rows - b < BLOCK ? rows : b + BLOCK;
+        for (int64_t c0 = 0; c0 < ch; c0 += TILE)
+            sums_block(x, dy, map->act, map->mul, map->add, map->mean, map->inv, ch, b, b1, c0,
+                       ch - c0 < TILE ? ch - c0 : TILE, sum_g + c0, sum_gx + c0);
+    }
+}
+
+void graft_f32_bn_backward_sums_merge(const graft_bn_sums_out *sums, int64_t ch, double *sum_g,
+                                      double *sum_gx)
+{
+    for (int64_t c = 0; c < ch; c++) {
+        double s = 0.0, sx = 0.0;
+        for (int p = 0; p < GRAFT_BN_SUM_PARTS; p++) {
+            s += sums->part_g[p * ch + c];
+            sx += sums->part_gx[p * ch + c];
+        }
+        sum_g[c] = s;
+        sum_gx[c] = sx;
+    }
+}
+
 static inline __attribute__((always_inline)) void
 backward_input_row(const float *x, const float *dy, graft__activation act, const float *mul,
                    const float *add, const float *mean, const float *inv, const float *scale,

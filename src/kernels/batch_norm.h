@@ -70,6 +70,24 @@ typedef struct graft_bn_grad_map {
     graft__activation act;
     const float *mul, *add, *mean, *inv, *scale, *mg, *mgx; /* per channel */
 } graft_bn_grad_map;
+/* A BatchNorm's backward sums taken by the layer after it (the reader of the
+ * BatchNorm's output, writing its gradient dy) while each chunk of dy is still
+ * in cache: x is the BatchNorm's input; of `map` only act, mul, add, mean and
+ * inv are read. That layer's fixed parts p of rows (GRAFT_BN_SUM_PARTS) each
+ * sum into part_g[p * ch ..] and part_gx[p * ch ..], merged in order by
+ * graft_f32_bn_backward_sums_merge. */
+enum { GRAFT_BN_SUM_PARTS = 8 };
+typedef struct graft_bn_sums_out {
+    graft_bn_grad_map map;
+    const float *x;
+    double *part_g, *part_gx;
+} graft_bn_sums_out;
+/* Adds rows of x and dy (each row ch wide) into sum_g and sum_gx, single-threaded. */
+void graft_f32_bn_backward_sums_add_rows(const float *x, const float *dy,
+                                         const graft_bn_grad_map *map, int64_t rows, int64_t ch,
+                                         double *sum_g, double *sum_gx);
+void graft_f32_bn_backward_sums_merge(const graft_bn_sums_out *sums, int64_t ch, double *sum_g,
+                                      double *sum_gx);
 /* dx (rows, ch) = the map at rows of x and dy, single-threaded; dx is written over. */
 void graft_f32_bn_backward_input_rows(const float *x, const float *dy,
                                       const graft_bn_grad_map *map, int64_t rows, int64_t ch,

@@ -135,6 +135,8 @@ void graft_f32_conv2d_train_forward(const graft_conv_geom *g, const float *in, c
  * out_c), part p covering pixels [pixels p / PARTS, pixels (p+1) / PARTS), to
  * be merged by graft_f32_channel_moments_merge. */
 enum { GRAFT_CONV_TRAIN_PARTS = 8 };
+/* The pointwise and depthwise backwards sum a BatchNorm's parts in these. */
+_Static_assert((int)GRAFT_CONV_TRAIN_PARTS == (int)GRAFT_BN_SUM_PARTS, "one part count");
 void graft_f32_conv2d_train_forward_moments(const graft_conv_geom *g, const float *in,
                                             const float *kernel, const float *bias, float *out,
                                             float *work, double *part_mean, double *part_m2);
@@ -150,12 +152,14 @@ void graft_f32_conv2d_train_backward_input(const graft_conv_geom *g, const float
  * either of dkernel and din may be NULL (not wanted). With bn, dout is the
  * gradient of the BatchNorm after the convolution, and each chunk of this
  * convolution's own output gradient is mapped from it and from `out` (this
- * convolution's output) by bn into the scratch, never written to memory. */
+ * convolution's output) by bn into the scratch, never written to memory. With
+ * sums (and din), the backward sums of the BatchNorm before the convolution
+ * are taken from each chunk of din as it is written (parts: the 8 here). */
 void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const float *in,
                                                const float *dout, const float *kernel,
                                                float *dkernel, float *din, int accumulate,
                                                const graft_bn_grad_map *bn, const float *out,
-                                               float *work);
+                                               const graft_bn_sums_out *sums, float *work);
 
 /* ---- DepthwiseConv2D ------------------------------------------------------- */
 /* Depth multiplier M = out_c / in_c; output channel c*M + m reads input channel c
@@ -348,12 +352,15 @@ void graft_f32_dwconv2d_backward_weight_parallel(const graft_conv_geom *g,
  * dkernel (+=) and din (+= when accumulate, else written over) may each be NULL.
  * With bn, dout is the gradient of the BatchNorm after the convolution and each
  * image of this convolution's own is mapped from it and `out` (this
- * convolution's output) by bn into the scratch, never written to memory. */
+ * convolution's output) by bn into the scratch, never written to memory. With
+ * sums (and din), the backward sums of the BatchNorm before the convolution
+ * are taken from each image of din as it is written (parts: the 8 here). */
 size_t graft_f32_dwconv2d_train_backward_scratch_floats(const graft_conv_geom *g);
 void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in,
                                        const float *dout, const float *kernel, float *dkernel,
                                        float *din, int accumulate, const graft_bn_grad_map *bn,
-                                       const float *out, float *work);
+                                       const float *out, const graft_bn_sums_out *sums,
+                                       float *work);
 
 /* Pooling dX for samples [n_start, n_end): windows overlap when stride < kernel,
  * so each sample is scattered by one thread and threads split the batch. */

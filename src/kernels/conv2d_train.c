@@ -164,7 +164,7 @@ void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const f
                                                const float *dout, const float *kernel,
                                                float *dkernel, float *din, int accumulate,
                                                const graft_bn_grad_map *bn, const float *out,
-                                               float *work)
+                                               const graft_bn_sums_out *sums, float *work)
 {
     const int64_t CI = g->in_c, CO = g->out_c, pixels = g->batch * g->out_h * g->out_w;
     const size_t part_stride = round16((size_t)(CI * CO));
@@ -173,7 +173,8 @@ void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const f
     const float *packed = din ? pack_transposed(CI, CO, kernel, after_parts) : NULL;
     float *mapped = after_parts + round16((size_t)(CI * CO)) +
                     round16((size_t)graft_f32_gemm_packed_floats(CO, CI));
-    const int64_t chunk = backward_chunk(CO);
+    /* With sums, din's chunk too is to be read from L2. */
+    const int64_t chunk = backward_chunk(sums && din && CI > CO ? CI : CO);
 #pragma omp parallel num_threads(threads_for(PARTS))
     {
         float *dz = mapped + (size_t)omp_get_thread_num() * round16((size_t)(chunk * CO));
@@ -183,6 +184,9 @@ void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const f
             float *acc = parts + (size_t)p * part_stride;
             if (dkernel)
                 memset(acc, 0, sizeof(float) * (size_t)(CI * CO));
+            if (sums && din)
+                for (int64_t i = 0; i < CI; i++)
+                    sums->part_g[p * CI + i] = sums->part_gx[p * CI + i] = 0.0;
             for (int64_t c0 = p0; c0 < p1; c0 += chunk) {
                 const int64_t n = p1 - c0 < chunk ? p1 - c0 : chunk;
                 const float *dy = dout + c0 * CO;
@@ -195,6 +199,10 @@ void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const f
                 if (din)
                     graft_f32_pw_backward_input__packed(0, n, CI, CO, dy, packed, din + c0 * CI,
                                                         accumulate);
+                if (sums && din)
+                    graft_f32_bn_backward_sums_add_rows(sums->x + c0 * CI, din + c0 * CI,
+                                                        &sums->map, n, CI, sums->part_g + p * CI,
+                                                        sums->part_gx + p * CI);
             }
         }
         if (dkernel)

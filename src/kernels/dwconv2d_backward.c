@@ -363,7 +363,8 @@ size_t graft_f32_dwconv2d_train_backward_scratch_floats(const graft_conv_geom *g
 void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in,
                                        const float *dout, const float *kernel, float *dkernel,
                                        float *din, int accumulate, const graft_bn_grad_map *bn,
-                                       const float *out, float *work)
+                                       const float *out, const graft_bn_sums_out *sums,
+                                       float *work)
 {
     const int64_t taps = g->kernel_h * g->kernel_w * g->out_c;
     const int64_t in_img = g->in_h * g->in_w * g->in_c, out_img = g->out_h * g->out_w * g->out_c;
@@ -381,6 +382,10 @@ void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in
             float *acc = parts + (size_t)p * part_stride;
             if (dkernel)
                 memset(acc, 0, sizeof(float) * (size_t)taps);
+            const int64_t C = g->in_c;
+            if (sums && din)
+                for (int64_t i = 0; i < C; i++)
+                    sums->part_g[p * C + i] = sums->part_gx[p * C + i] = 0.0;
             for (int64_t n = g->batch * p / DWB_PARTS; n < g->batch * (p + 1) / DWB_PARTS; n++) {
                 const float *dy = dout + n * out_img;
                 if (bn) {
@@ -391,9 +396,20 @@ void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in
                 if (dkernel)
                     graft_f32_dwconv2d_backward_weight__direct(&one, 0, g->in_c, in + n * in_img,
                                                                dy, acc);
-                if (din)
+                if (din && !sums)
                     backward_input_rows(&one, 0, g->in_h, dy, kernel, din + n * in_img,
                                         accumulate);
+                /* The sums read each band of din rows while it is in L2. */
+                const int64_t row = g->in_w * C, band = row < 32768 ? 32768 / row : 1;
+                for (int64_t r0 = 0; din && sums && r0 < g->in_h; r0 += band) {
+                    const int64_t r1 = g->in_h - r0 < band ? g->in_h : r0 + band;
+                    float *d = din + n * in_img;
+                    backward_input_rows(&one, r0, r1, dy, kernel, d, accumulate);
+                    graft_f32_bn_backward_sums_add_rows(sums->x + n * in_img + r0 * row,
+                                                        d + r0 * row, &sums->map,
+                                                        (r1 - r0) * g->in_w, C,
+                                                        sums->part_g + p * C, sums->part_gx + p * C);
+                }
             }
         }
         if (dkernel) {

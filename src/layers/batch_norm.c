@@ -172,7 +172,9 @@ static void batch_norm_backward(const graft__layer *layer, const graft__backward
     float *d_beta = c->center ? a->d_weights[wi++] : NULL;
     float *dx = a->d_inputs[0];
     const float *x = a->inputs[0];
-    if (d_gamma || d_beta || ((dx || a->defer_input_grad) && a->batch_stats))
+    if (a->bn_sums_in)
+        graft_f32_bn_backward_sums_merge(a->bn_sums_in, ch, sum_dy, sum_dy_xhat);
+    else if (d_gamma || d_beta || ((dx || a->defer_input_grad) && a->batch_stats))
         graft_f32_bn_backward_sums(x, a->d_output, a->epilogue, mul, add, mean, inv, rows, ch,
                                    sum_dy, sum_dy_xhat, sum_dy_xhat + ch);
     for (int64_t j = 0; j < ch; j++) {

@@ -146,10 +146,12 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
     float *din = a->d_inputs[0];
     if (c->conv.use_bias && a->d_weights[1])
         graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
-    if (packed && weight_packed && (a->d_output_bn || (a->d_weights[0] && din))) {
+    if (packed && weight_packed &&
+        (a->d_output_bn || a->d_input_bn_sums || (a->d_weights[0] && din))) {
         graft_f32_conv2d_train_backward_pointwise(&g, a->inputs[0], dy, layer->weights[0].data,
                                                   a->d_weights[0], din, !(a->fresh & 1u),
-                                                  a->d_output_bn, a->output, work);
+                                                  a->d_output_bn, a->output, a->d_input_bn_sums,
+                                                  work);
         return;
     }
     if (a->d_weights[0]) {
@@ -182,6 +184,15 @@ static int conv2d_takes_bn_grad(const graft__layer *layer, const graft__shape *i
            graft_f32_conv2d_is_pointwise(&g) && graft_f32_conv2d_train_weight_packed_pays(&g);
 }
 
+/* The BatchNorm before takes its sums from the pointwise backward's chunks. */
+static int conv2d_takes_bn_sums(const graft__layer *layer, const graft__shape *in,
+                                const int64_t *in_pad, int64_t batch)
+{
+    graft_conv_geom g = graft__geom_unpad(conv2d_geom(layer, in, batch), in_pad);
+    return packed_path(layer->config) && graft_f32_conv2d_is_pointwise(&g) &&
+           graft_f32_conv2d_train_weight_packed_pays(&g);
+}
+
 /* Output channel o of kernel (KH, KW, Cin, Cout) scales by mul[o]. */
 static void conv2d_fold_affine(const graft__layer *layer, const float *mul, const float *add,
                                float *kernel, float *bias)
@@ -212,6 +223,7 @@ const graft__layer_ops graft__conv2d_layer_ops = {
     .fold_affine = conv2d_fold_affine,
     .conv_geom = conv2d_geom,
     .takes_bn_grad = conv2d_takes_bn_grad,
+    .takes_bn_sums = conv2d_takes_bn_sums,
     .absorbs_padding = 1,
     .writes_fresh_grads = 1,
     .writes_moments = 1,

@@ -111,6 +111,12 @@ typedef struct graft__backward_args {
      * BatchNorm's output gradient; the convolution's own is this map of it and
      * of `output`. */
     const graft_bn_grad_map *d_output_bn;
+    /* A layer whose input only a BatchNorm on batch statistics writes (that
+     * layer's takes_bn_sums): the BatchNorm's backward sums, taken from
+     * d_inputs[0] as it is written. */
+    const graft_bn_sums_out *d_input_bn_sums;
+    /* That BatchNorm: its sums so taken, to merge instead of its own pass. */
+    const graft_bn_sums_out *bn_sums_in;
 } graft__backward_args;
 
 struct graft__layer_ops {
@@ -144,6 +150,9 @@ struct graft__layer_ops {
     /* Backward can take d_output_bn at this input shape (in_pad as in forward)
      * and batch; NULL: never. */
     int (*takes_bn_grad)(const graft__layer *layer, const graft__shape *in,
+                         const int64_t *in_pad, int64_t batch);
+    /* Backward can take d_input_bn_sums, the same way; NULL: never. */
+    int (*takes_bn_sums)(const graft__layer *layer, const graft__shape *in,
                          const int64_t *in_pad, int64_t batch);
     /* Training may hand the kind a following ReLU or ReLU6 as `epilogue` (forward
      * and backward), saving that layer's passes over memory. */

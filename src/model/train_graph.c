@@ -283,6 +283,42 @@ static graft_status plan_bn_grad_deferral(graft__train_graph *tg)
     return GRAFT_OK;
 }
 
+/* The layer after a BatchNorm on batch statistics that alone writes the
+ * BatchNorm's output gradient (and absorbs no padding: strided depthwise
+ * convolutions, the ones that do, do not take sums) takes the BatchNorm's
+ * backward sums from each chunk of that gradient as it writes it, sparing the
+ * BatchNorm a pass over it and over its input: 2-12% off the pair's time at
+ * MobileNetV2's pointwise and stride-1 depthwise layers (batch 32, call by call
+ * in one process). */
+static graft_status plan_bn_sums(graft__train_graph *tg)
+{
+    const graft_model *m = tg->model;
+    for (int i = 0; i < m->n_nodes; i++)
+        tg->sums_for[i] = -1;
+    if (tg->bn_inference)
+        return GRAFT_OK;
+    for (int b = 0; b < m->n_nodes; b++) {
+        const graft__node *bn = &m->nodes[b];
+        if (!bn->layer->ops->absorbs_relu || !bn->layer->trainable || !tg->needs_backward[b] ||
+            bn->n_inputs != 1 || !tg->d_act[written_by(tg, b)])
+            continue;
+        const int w = written_by(tg, b), k = tg->first_writer[w];
+        if (k < 0 || m->nodes[k].n_inputs != 1 || input_of(tg, k, 0) != w)
+            continue;
+        if (m->nodes[k].inputs[0] != w || graft__only_reader(m, w) != k)
+            continue;
+        const graft__layer *next = m->nodes[k].layer;
+        if (!next->ops->takes_bn_sums || !next->ops->writes_fresh_grads ||
+            !next->ops->takes_bn_sums(next, &m->nodes[w].shape, NULL, tg->max_batch))
+            continue;
+        int64_t ch = bn->shape.dim[bn->shape.rank - 1];
+        if (!(tg->bn_sums[b] = graft__malloc(sizeof(double) * 2 * GRAFT_BN_SUM_PARTS * (size_t)ch)))
+            return graft__fail(GRAFT_E_NOMEM, "out of memory for layer '%s'", bn->layer->name);
+        tg->sums_for[k] = b;
+    }
+    return GRAFT_OK;
+}
+
 static graft_status alloc_node_buffers(graft__train_graph *tg)
 {
     const graft_model *m = tg->model;
@@ -295,7 +331,9 @@ static graft_status alloc_node_buffers(graft__train_graph *tg)
             return graft__fail(GRAFT_E_NOMEM, "out of memory for layer '%s'",
                                m->nodes[i].layer->name);
     }
-    return rc ? rc : plan_bn_grad_deferral(tg);
+    if (!rc)
+        rc = plan_bn_grad_deferral(tg);
+    return rc ? rc : plan_bn_sums(tg);
 }
 
 /* The frozen, deterministic nodes up to the cache boundary compute the same
@@ -345,11 +383,13 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     tg->moments = graft__calloc(n, sizeof(double *));
     tg->bn_grad_from = graft__calloc(n, sizeof(int));
     tg->bn_coefs = graft__calloc(n, sizeof(float *));
+    tg->sums_for = graft__calloc(n, sizeof(int));
+    tg->bn_sums = graft__calloc(n, sizeof(double *));
     tg->n_grads = model->n_params;
     tg->grads = graft__malloc_aligned(sizeof(float) * (size_t)(model->n_params ? model->n_params : 1));
     if (!tg->needs_backward || !tg->pinned || !tg->d_act || !tg->first_writer || !tg->saved ||
         !tg->absorbed_by || !tg->absorbs || !tg->pad_before || !tg->pads || !tg->moments_for || !tg->moments ||
-        !tg->bn_grad_from || !tg->bn_coefs || !tg->grads) {
+        !tg->bn_grad_from || !tg->bn_coefs || !tg->sums_for || !tg->bn_sums || !tg->grads) {
         graft__train_graph_free(tg);
         return graft__fail(GRAFT_E_NOMEM, "out of memory preparing training");
     }
@@ -398,6 +438,10 @@ void graft__train_graph_free(graft__train_graph *tg)
         graft__free_aligned(tg->bn_coefs[i]);
     graft__free(tg->bn_coefs);
     graft__free(tg->bn_grad_from);
+    for (int i = 0; tg->bn_sums && i < tg->model->n_nodes; i++)
+        graft__free(tg->bn_sums[i]);
+    graft__free(tg->bn_sums);
+    graft__free(tg->sums_for);
     graft__free(tg->d_act);
     graft__free(tg->saved);
     graft__free(tg->needs_backward);
@@ -524,6 +568,26 @@ static unsigned start_input_grads(graft__train_graph *tg, int j, int64_t batch)
     return fresh;
 }
 
+/* BatchNorm b's backward map, from what its forward saved and (when its input
+ * gradient is deferred) its backward's coefficients. */
+static graft_bn_grad_map bn_map_of(const graft__train_graph *tg, int b)
+{
+    const graft__shape *s = &tg->model->nodes[b].shape;
+    const int64_t ch = s->dim[s->rank - 1];
+    const float *saved = tg->saved[b], *coefs = tg->bn_coefs[b];
+    return (graft_bn_grad_map){absorbed_act(tg, b), saved + 2 * ch, saved + 3 * ch, saved,
+                               saved + ch, coefs, coefs ? coefs + ch : NULL,
+                               coefs ? coefs + 2 * ch : NULL};
+}
+
+static graft_bn_sums_out bn_sums_of(graft__train_graph *tg, int b)
+{
+    const graft__shape *s = &tg->model->nodes[b].shape;
+    const int64_t ch = s->dim[s->rank - 1];
+    return (graft_bn_sums_out){bn_map_of(tg, b), activation(tg, input_of(tg, b, 0), tg->input),
+                               tg->bn_sums[b], tg->bn_sums[b] + GRAFT_BN_SUM_PARTS * ch};
+}
+
 static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t seed, int logits,
                           unsigned fresh)
 {
@@ -543,12 +607,13 @@ static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t
         d_weights[w] = graft__weight_learns(layer, w) ? tg->grads + layer->weights[w].offset : NULL;
     graft_bn_grad_map bn_map;
     const int bn = tg->bn_grad_from[i];
-    if (bn >= 0) {
-        const float *saved = tg->saved[bn], *coefs = tg->bn_coefs[bn];
-        const int64_t ch = m->nodes[bn].shape.dim[m->nodes[bn].shape.rank - 1];
-        bn_map = (graft_bn_grad_map){absorbed_act(tg, bn), saved + 2 * ch, saved + 3 * ch, saved,
-                                     saved + ch, coefs, coefs + ch, coefs + 2 * ch};
-    }
+    if (bn >= 0)
+        bn_map = bn_map_of(tg, bn);
+    graft_bn_sums_out sums_out, sums_in;
+    if (tg->sums_for[i] >= 0)
+        sums_out = bn_sums_of(tg, tg->sums_for[i]);
+    if (tg->bn_sums[i])
+        sums_in = bn_sums_of(tg, i);
     graft__backward_args args = {
         .batch = batch,
         .n_inputs = node->n_inputs,
@@ -569,6 +634,8 @@ static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t
         .in_pad = tg->pad_before[i] >= 0 ? tg->pads[i] : NULL,
         .defer_input_grad = tg->bn_coefs[i],
         .d_output_bn = bn >= 0 ? &bn_map : NULL,
+        .d_input_bn_sums = tg->sums_for[i] >= 0 ? &sums_out : NULL,
+        .bn_sums_in = tg->bn_sums[i] ? &sums_in : NULL,
     };
     layer->ops->backward(layer, &args);
 }

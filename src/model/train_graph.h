@@ -25,6 +25,8 @@ typedef struct graft__train_graph {
     double **moments;      /* per BatchNorm so fed: those moments, by parts */
     int *bn_grad_from;     /* per node: the BatchNorm whose input gradient this convolution maps itself, or -1 */
     float **bn_coefs;      /* per BatchNorm so deferred: its map's scale, mg, mgx */
+    int *sums_for;         /* per node: the BatchNorm whose backward sums it takes from its input gradient, or -1 */
+    double **bn_sums;      /* per BatchNorm so summed: those sums, by parts */
     void **saved;          /* per node forward-saved state, NULL when none */
     float *grads;          /* same layout as model->params; only trainable parts used */
     int64_t n_grads;
