@@ -225,6 +225,47 @@ static void dwconv_forward_moments_match_refs(void **state)
     }
 }
 
+/* The same forward reading a BatchNorm's input and mapping it (ReLU6) band by
+ * band: against the ref on the ref-mapped input. Bands of several rows with
+ * halos (7 wide), one row (200 wide: a band's input is its window's reach),
+ * stride 2 with one-sided padding, bands cut short by images and by parts, and
+ * rows that are not a multiple of the parts (moments after). */
+static void dwconv_forward_moments_mapped_match_refs(void **state)
+{
+    graft_conv_geom gs[5];
+    gs[0] = geom(8, 10, 7, 17, 17, 3, 3, 1, 1, 1, 1);
+    gs[1] = geom(4, 8, 200, 130, 130, 3, 3, 1, 1, 1, 1);
+    gs[2] = geom(3, 9, 7, 5, 10, 3, 3, 2, 2, 1, 1);
+    gs[3] = geom(1, 3, 4, 9, 9, 3, 3, 1, 1, 1, 1);
+    gs[4] = geom(2, 29, 28, 16, 16, 3, 3, 2, 2, 1, 1);
+    for (int i = 0; i < 5; i++) {
+        graft_conv_geom g = gs[i];
+        assert_int_equal(graft_conv_geom_init(&g, i != 4), 1);
+        if (i == 4) /* a ZeroPadding2D's (0,1) taken into the window, as training does */
+            g.in_h -= 1, g.in_w -= 1;
+        const int64_t pixels = g.batch * g.out_h * g.out_w, co = g.out_c;
+        const int64_t nin = g.batch * g.in_h * g.in_w * g.in_c;
+        float *z = rand_buf(nin, 4.0f), *y = malloc(sizeof(float) * (size_t)nin);
+        float *mul = rand_buf(g.in_c, 2.0f), *add = rand_buf(g.in_c, 3.0f);
+        graft_bn_grad_map map = {GRAFT__ACT_RELU6, mul, add, NULL, NULL, NULL, NULL, NULL};
+        graft_f32_scale_shift_act__ref(z, y, mul, add, nin / g.in_c, g.in_c, GRAFT__ACT_RELU6);
+        float *kernel = rand_buf(g.kernel_h * g.kernel_w * co, 1.0f);
+        float *bias = rand_buf(co, 3.0f);
+        float *want = guarded_buf(pixels * co), *got = guarded_buf(pixels * co);
+        float *work = guarded_buf((int64_t)graft_f32_dwconv2d_forward_mapped_scratch_floats(&g));
+        graft_f32_dwconv2d__ref(&g, 0, g.batch * g.out_h, y, kernel, bias, want);
+        double *parts = malloc(sizeof(double) * 2 * GRAFT_CONV_TRAIN_PARTS * (size_t)co);
+        graft_f32_dwconv2d_forward_moments_mapped(&g, z, &map, kernel, bias, got, parts,
+                                                  parts + GRAFT_CONV_TRAIN_PARTS * co, work);
+        char what[64];
+        snprintf(what, sizeof what, "dw mapped forward with moments, case %d", i);
+        assert_true(close_enough(what, got, want, pixels * co));
+        assert_part_moments_match_ref(parts, want, pixels, co);
+        free(z), free(y), free(mul), free(add), free(kernel), free(bias), free(want), free(got);
+        free(work), free(parts);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -237,6 +278,7 @@ int main(void)
         cmocka_unit_test(dwconv_direct_writes_only_its_row_range),
         cmocka_unit_test(dwconv_parallel_matches_ref),
         cmocka_unit_test(dwconv_forward_moments_match_refs),
+        cmocka_unit_test(dwconv_forward_moments_mapped_match_refs),
         cmocka_unit_test(dwconv_direct_handles_hand_made_asymmetric_padding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -251,9 +251,15 @@ static void dwconv_backward_parallel_matches_ref(void **state)
  * both accumulation modes, threads 1 and 3, one gradient only, and dout mapped
  * through a following BatchNorm's input gradient (ReLU6), against its ref. */
 static void dw_train_backward_case(graft_conv_geom g, int accumulate, int threads, int want,
-                                   int with_bn)
+                                   int with_bn, int with_map)
 {
     dw_case c = dw_case_new(g);
+    /* With a map, the kernel reads z and the refs its map, c.in. */
+    float *z = rand_buf(c.nin, 4.0f), *zmul = rand_buf(g.in_c, 2.0f), *zadd = rand_buf(g.in_c, 3.0f);
+    graft_bn_grad_map in_map = {GRAFT__ACT_RELU6, zmul, zadd, NULL, NULL, NULL, NULL, NULL};
+    if (with_map)
+        graft_f32_scale_shift_act__ref(z, c.in, zmul, zadd, c.nin / g.in_c, g.in_c,
+                                       GRAFT__ACT_RELU6);
     const int64_t co = g.out_c, rows = c.nout / co;
     float *v[7];
     for (int i = 0; i < 7; i++)
@@ -296,14 +302,16 @@ static void dw_train_backward_case(graft_conv_geom g, int accumulate, int thread
         sv[i] = rand_buf(g.in_c, 1.0f);
     graft_bn_sums_out sums = {{GRAFT__ACT_RELU6, sv[0], sv[1], sv[2], sv[3], NULL, NULL, NULL},
                               c.in, parts, parts + GRAFT_BN_SUM_PARTS * g.in_c};
-    graft_f32_dwconv2d_train_backward(&g, c.in, c.r, c.kernel, want & 1 ? dk_got : NULL,
-                                      want & 2 ? din_got : NULL, accumulate,
-                                      with_bn ? &map : NULL, out, want & 2 ? &sums : NULL, work);
+    graft_f32_dwconv2d_train_backward(&g, with_map ? z : c.in, c.r, c.kernel,
+                                      want & 1 ? dk_got : NULL, want & 2 ? din_got : NULL,
+                                      accumulate, with_bn ? &map : NULL, out,
+                                      want & 2 ? &sums : NULL, with_map ? &in_map : NULL, work);
     omp_set_num_threads(saved_threads);
     char what[128];
-    snprintf(what, sizeof what, "dw train dX %lldx%lldx%lld %lld->%lld s%lld acc %d threads %d bn %d",
+    snprintf(what, sizeof what,
+             "dw train dX %lldx%lldx%lld %lld->%lld s%lld acc %d threads %d bn %d map %d",
              (long long)g.batch, (long long)g.in_h, (long long)g.in_w, (long long)g.in_c,
-             (long long)co, (long long)g.stride_h, accumulate, threads, with_bn);
+             (long long)co, (long long)g.stride_h, accumulate, threads, with_bn, with_map);
     if (want & 2) {
         assert_true(close_enough(what, din_got, din_want, c.nin));
         assert_true(bn_sums_close(what, c.in, din_got, &sums, c.nin / g.in_c, g.in_c));
@@ -322,7 +330,7 @@ static void dw_train_backward_case(graft_conv_geom g, int accumulate, int thread
     for (int i = 0; i < 7; i++)
         free(v[i]);
     free(out), free(work), free(din_want), free(din_got), free(dk_want), free(dk_got), free(mass);
-    free(abs_in), free(abs_dz), free(parts);
+    free(abs_in), free(abs_dz), free(parts), free(z), free(zmul), free(zadd);
     for (int i = 0; i < 4; i++)
         free(sv[i]);
     dw_case_free(&c);
@@ -347,9 +355,10 @@ static void dwconv_train_backward_matches_ref(void **state)
         for (int accumulate = 0; accumulate < 2; accumulate++)
             for (int threads = 1; threads <= 3; threads += 2)
                 for (int with_bn = 0; with_bn < 2; with_bn++)
-                    dw_train_backward_case(gs[i], accumulate, threads, 3, with_bn);
-    dw_train_backward_case(gs[4], 1, 3, 1, 1); /* weight gradient only */
-    dw_train_backward_case(gs[1], 0, 3, 2, 1); /* input gradient only */
+                    dw_train_backward_case(gs[i], accumulate, threads, 3, with_bn, with_bn);
+    dw_train_backward_case(gs[4], 1, 3, 1, 1, 1); /* weight gradient only */
+    dw_train_backward_case(gs[1], 0, 3, 2, 1, 1); /* input gradient only */
+    dw_train_backward_case(gs[2], 0, 3, 3, 0, 1); /* a map alone, multiplier 2 */
 }
 
 int main(void)

@@ -281,6 +281,15 @@ static void bn_graph_case(int bn_inference, const char *from)
     assert_int_equal(tg.sums_for[node_named(m, "dw")], -1);
     assert_int_equal(tg.sums_for[node_named(m, "p")], bn_inference ? -1 : node_named(m, "dw_bn"));
     assert_int_equal(tg.sums_for[node_named(m, "gap")], -1);
+    /* and dw maps a_bn's output itself (through the padding), which is then
+     * neither written nor kept */
+    assert_int_equal(tg.maps_bn[node_named(m, "dw")],
+                     bn_inference || from ? -1 : node_named(m, "a_bn"));
+    if (!bn_inference && !from)
+        assert_int_equal(tg.pinned[node_named(m, "a_relu")], 0);
+    else if (!from)
+        assert_int_equal(tg.pinned[node_named(m, "a_relu")], 1);
+    assert_int_equal(tg.maps_bn[node_named(m, "p")], -1); /* Conv2D takes no map */
     const int training = !bn_inference;
     for (int pass = 0; pass < 2; pass++) {
         memset(tg.grads, 0, sizeof(float) * (size_t)tg.n_grads);

@@ -201,25 +201,36 @@ void graft_f32_channel_moments(const float *x, int64_t rows, int64_t ch, double 
     graft_f32_channel_moments_merge(pm, pq, parts, rows, ch, mean, var);
 }
 
+static inline __attribute__((always_inline)) void
+scale_shift_act_row(const float *xr, float *yr, const float *mul, const float *add, int64_t ch,
+                    graft__activation act)
+{
+    int64_t c = 0;
+    for (; c + GRAFT_VL <= ch; c += GRAFT_VL) {
+        graft_vf v = graft_vload(xr + c) * graft_vload(mul + c) + graft_vload(add + c);
+        if (act == GRAFT__ACT_RELU)
+            v = graft_vrelu(v);
+        else if (act == GRAFT__ACT_RELU6)
+            v = graft_vrelu6(v);
+        graft_vstore(yr + c, v);
+    }
+    for (; c < ch; c++)
+        yr[c] = act_apply(act, xr[c] * mul[c] + add[c]);
+}
+
 void graft_f32_scale_shift_act(const float *x, float *y, const float *mul, const float *add,
                                int64_t rows, int64_t ch, graft__activation act)
 {
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * ch;
-        float *yr = y + r * ch;
-        int64_t c = 0;
-        for (; c + GRAFT_VL <= ch; c += GRAFT_VL) {
-            graft_vf v = graft_vload(xr + c) * graft_vload(mul + c) + graft_vload(add + c);
-            if (act == GRAFT__ACT_RELU)
-                v = graft_vrelu(v);
-            else if (act == GRAFT__ACT_RELU6)
-                v = graft_vrelu6(v);
-            graft_vstore(yr + c, v);
-        }
-        for (; c < ch; c++)
-            yr[c] = act_apply(act, xr[c] * mul[c] + add[c]);
-    }
+    for (int64_t r = 0; r < rows; r++)
+        scale_shift_act_row(x + r * ch, y + r * ch, mul, add, ch, act);
+}
+
+void graft_f32_scale_shift_act_rows(const float *x, float *y, const graft_bn_grad_map *map,
+                                    int64_t rows, int64_t ch)
+{
+    for (int64_t r = 0; r < rows; r++)
+        scale_shift_act_row(x + r * ch, y + r * ch, map->mul, map->add, ch, map->act);
 }
 
 static void sums_block(const float *x, const float *dy, graft__activation act, const float *mul,

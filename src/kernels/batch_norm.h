@@ -89,6 +89,10 @@ void graft_f32_bn_backward_sums_add_rows(const float *x, const float *dy,
 void graft_f32_bn_backward_sums_merge(const graft_bn_sums_out *sums, int64_t ch, double *sum_g,
                                       double *sum_gx);
 /* dx (rows, ch) = the map at rows of x and dy, single-threaded; dx is written over. */
+/* y = act(x * mul + add) with the map's act, mul and add, single-threaded: a
+ * BatchNorm's output computed by the layer that reads it, a chunk at a time. */
+void graft_f32_scale_shift_act_rows(const float *x, float *y, const graft_bn_grad_map *map,
+                                    int64_t rows, int64_t ch);
 void graft_f32_bn_backward_input_rows(const float *x, const float *dy,
                                       const graft_bn_grad_map *map, int64_t rows, int64_t ch,
                                       float *dx);

@@ -346,6 +346,16 @@ void graft_f32_dwconv2d_backward_weight_parallel(const graft_conv_geom *g,
                                                  const float *dout, /* (N, out_h, out_w, in_c*M) */
                                                  float *dkernel);   /* (kernel_h, kernel_w, in_c, M), += */
 
+/* The moments-taking forward reading a BatchNorm's input instead of its output
+ * (`in` is then the BatchNorm's input, and its output is map's scale_shift_act
+ * of it): each band of input rows is mapped into the scratch (L2) just before
+ * the convolution reads it, so the BatchNorm's output is never written. */
+size_t graft_f32_dwconv2d_forward_mapped_scratch_floats(const graft_conv_geom *g);
+void graft_f32_dwconv2d_forward_moments_mapped(const graft_conv_geom *g, const float *in,
+                                               const graft_bn_grad_map *map, const float *kernel,
+                                               const float *bias, float *out, double *part_mean,
+                                               double *part_m2, float *work);
+
 /* Training's depthwise backward: both gradients an image at a time (its output
  * gradient read from cache by the second), images in fixed parts whose weight
  * gradients are summed in order, so results do not depend on the thread count.
@@ -354,13 +364,15 @@ void graft_f32_dwconv2d_backward_weight_parallel(const graft_conv_geom *g,
  * image of this convolution's own is mapped from it and `out` (this
  * convolution's output) by bn into the scratch, never written to memory. With
  * sums (and din), the backward sums of the BatchNorm before the convolution
- * are taken from each image of din as it is written (parts: the 8 here). */
+ * are taken from each image of din as it is written (parts: the 8 here). With
+ * in_map, `in` is that BatchNorm's input and each image of its output (this
+ * convolution's input) is mapped into the scratch for the weight gradient. */
 size_t graft_f32_dwconv2d_train_backward_scratch_floats(const graft_conv_geom *g);
 void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in,
                                        const float *dout, const float *kernel, float *dkernel,
                                        float *din, int accumulate, const graft_bn_grad_map *bn,
                                        const float *out, const graft_bn_sums_out *sums,
-                                       float *work);
+                                       const graft_bn_grad_map *in_map, float *work);
 
 /* Pooling dX for samples [n_start, n_end): windows overlap when stride < kernel,
  * so each sample is scattered by one thread and threads split the batch. */

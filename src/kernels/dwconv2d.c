@@ -258,3 +258,80 @@ void graft_f32_dwconv2d_forward_moments(const graft_conv_geom *g, const float *i
         }
     }
 }
+
+/* Output rows per band of the mapped forward: the band's input rows, mapped,
+ * take at most 256 KiB (L2) but never fewer rows than one window's reach. */
+static int64_t mapped_band_rows(const graft_conv_geom *g, int64_t *in_rows)
+{
+    const int64_t row = g->in_w * g->in_c > 0 ? g->in_w * g->in_c : 1;
+    const int64_t reach = (g->kernel_h - 1) * g->dilation_h + 1;
+    int64_t rows_in = 65536 / row;
+    if (rows_in < reach)
+        rows_in = reach;
+    const int64_t band = (rows_in - reach) / g->stride_h + 1;
+    *in_rows = (band - 1) * g->stride_h + reach;
+    return band;
+}
+
+size_t graft_f32_dwconv2d_forward_mapped_scratch_floats(const graft_conv_geom *g)
+{
+    int64_t in_rows;
+    mapped_band_rows(g, &in_rows);
+    return DW_PARTS * (size_t)((in_rows * g->in_w * g->in_c + 15) / 16 * 16);
+}
+
+void graft_f32_dwconv2d_forward_moments_mapped(const graft_conv_geom *g, const float *in,
+                                               const graft_bn_grad_map *map, const float *kernel,
+                                               const float *bias, float *out, double *part_mean,
+                                               double *part_m2, float *work)
+{
+    const int64_t rows = g->batch * g->out_h, OW = g->out_w, CO = g->out_c;
+    const int64_t W = g->in_w, C = g->in_c, sh = g->stride_h, pixels = rows * OW;
+    const int64_t reach = (g->kernel_h - 1) * g->dilation_h + 1;
+    int64_t in_rows;
+    const int64_t band = mapped_band_rows(g, &in_rows);
+    const size_t stride = (size_t)((in_rows * W * C + 15) / 16 * 16);
+    /* Parts of whole rows are the pixel parts the merge expects only then. */
+    const int whole_rows = rows % DW_PARTS == 0;
+    int threads = omp_get_max_threads() < DW_PARTS ? omp_get_max_threads() : DW_PARTS;
+#pragma omp parallel num_threads(threads)
+    {
+        float *mapped = work + (size_t)omp_get_thread_num() * stride;
+#pragma omp for schedule(static)
+        for (int p = 0; p < DW_PARTS; p++) {
+            const int64_t r0 = rows * p / DW_PARTS, r1 = rows * (p + 1) / DW_PARTS;
+            for (int64_t c0 = r0; c0 < r1;) {
+                const int64_t n = c0 / g->out_h, oy0 = c0 % g->out_h;
+                int64_t oy1 = oy0 + band < g->out_h ? oy0 + band : g->out_h;
+                if (oy1 - oy0 > r1 - c0)
+                    oy1 = oy0 + (r1 - c0);
+                int64_t iy_lo = oy0 * sh - g->pad_top, iy_hi = (oy1 - 1) * sh - g->pad_top + reach;
+                iy_lo = iy_lo < 0 ? 0 : iy_lo;
+                iy_hi = iy_hi > g->in_h ? g->in_h : iy_hi;
+                iy_hi = iy_hi < iy_lo ? iy_lo : iy_hi;
+                graft_f32_scale_shift_act_rows(in + (n * g->in_h + iy_lo) * W * C, mapped, map,
+                                               (iy_hi - iy_lo) * W, C);
+                graft_conv_geom b = *g;
+                b.batch = 1;
+                b.in_h = iy_hi - iy_lo;
+                b.out_h = oy1 - oy0;
+                b.pad_top = g->pad_top + iy_lo - oy0 * sh;
+                graft_f32_dwconv2d__direct(&b, 0, oy1 - oy0, mapped, kernel, bias,
+                                           out + c0 * OW * CO);
+                if (whole_rows)
+                    graft_f32_channel_moments_add_rows(out + c0 * OW * CO, (oy1 - oy0) * OW, CO,
+                                                       (c0 - r0) * OW, part_mean + p * CO,
+                                                       part_m2 + p * CO);
+                c0 += oy1 - oy0;
+            }
+        }
+        if (!whole_rows) {
+#pragma omp for schedule(static)
+            for (int p = 0; p < DW_PARTS; p++) {
+                const int64_t p0 = pixels * p / DW_PARTS, p1 = pixels * (p + 1) / DW_PARTS;
+                graft_f32_channel_moments_add_rows(out + p0 * CO, p1 - p0, CO, 0,
+                                                   part_mean + p * CO, part_m2 + p * CO);
+            }
+        }
+    }
+}

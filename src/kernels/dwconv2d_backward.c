@@ -357,19 +357,21 @@ static size_t round16(size_t floats) { return (floats + 15) / 16 * 16; }
 size_t graft_f32_dwconv2d_train_backward_scratch_floats(const graft_conv_geom *g)
 {
     return DWB_PARTS * round16((size_t)(g->kernel_h * g->kernel_w * g->out_c)) +
-           DWB_PARTS * round16((size_t)(g->out_h * g->out_w * g->out_c));
+           DWB_PARTS * round16((size_t)(g->out_h * g->out_w * g->out_c)) +
+           DWB_PARTS * round16((size_t)(g->in_h * g->in_w * g->in_c));
 }
 
 void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in,
                                        const float *dout, const float *kernel, float *dkernel,
                                        float *din, int accumulate, const graft_bn_grad_map *bn,
                                        const float *out, const graft_bn_sums_out *sums,
-                                       float *work)
+                                       const graft_bn_grad_map *in_map, float *work)
 {
     const int64_t taps = g->kernel_h * g->kernel_w * g->out_c;
     const int64_t in_img = g->in_h * g->in_w * g->in_c, out_img = g->out_h * g->out_w * g->out_c;
     const size_t part_stride = round16((size_t)taps), img_stride = round16((size_t)out_img);
     float *parts = work, *mapped = work + DWB_PARTS * part_stride;
+    float *inputs = mapped + DWB_PARTS * img_stride;
     graft_conv_geom one = *g;
     one.batch = 1;
     int threads = omp_get_max_threads();
@@ -377,6 +379,7 @@ void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in
 #pragma omp parallel num_threads(threads)
     {
         float *dz = mapped + (size_t)omp_get_thread_num() * img_stride;
+        float *x = inputs + (size_t)omp_get_thread_num() * round16((size_t)in_img);
 #pragma omp for schedule(static)
         for (int p = 0; p < DWB_PARTS; p++) {
             float *acc = parts + (size_t)p * part_stride;
@@ -393,9 +396,13 @@ void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in
                                                      g->out_h * g->out_w, g->out_c, dz);
                     dy = dz;
                 }
+                const float *img = in + n * in_img;
+                if (dkernel && in_map) {
+                    graft_f32_scale_shift_act_rows(img, x, in_map, g->in_h * g->in_w, g->in_c);
+                    img = x;
+                }
                 if (dkernel)
-                    graft_f32_dwconv2d_backward_weight__direct(&one, 0, g->in_c, in + n * in_img,
-                                                               dy, acc);
+                    graft_f32_dwconv2d_backward_weight__direct(&one, 0, g->in_c, img, dy, acc);
                 if (din && !sums)
                     backward_input_rows(&one, 0, g->in_h, dy, kernel, din + n * in_img,
                                         accumulate);

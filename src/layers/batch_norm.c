@@ -150,7 +150,8 @@ static void batch_norm_forward(const graft__layer *layer, const graft__forward_a
             w.var[j] = (float)(w.var[j] * c->momentum + unbiased * (1.0 - c->momentum));
         }
     }
-    graft_f32_scale_shift_act(a->inputs[0], a->output, mul, add, rows, ch, a->epilogue);
+    if (!a->output_unused)
+        graft_f32_scale_shift_act(a->inputs[0], a->output, mul, add, rows, ch, a->epilogue);
 }
 
 /* With g = dy (times the absorbed ReLU's derivative) and xhat = (x - mean) inv:

@@ -68,6 +68,15 @@ static void depthwise_forward(const graft__layer *layer, const graft__forward_ar
         graft__activation_apply(a->epilogue, a->output, rows, g.out_c);
         return;
     }
+    if (a->in_map) {
+        graft_f32_dwconv2d_forward_moments_mapped(&g, a->inputs[0], a->in_map,
+                                                  layer->weights[0].data,
+                                                  c->conv.use_bias ? layer->weights[1].data : NULL,
+                                                  a->output, a->moments_out,
+                                                  a->moments_out + GRAFT_CONV_TRAIN_PARTS * g.out_c,
+                                                  a->scratch);
+        return;
+    }
     if (a->moments_out && c->conv.act == GRAFT__ACT_LINEAR) {
         graft_f32_dwconv2d_forward_moments(&g, a->inputs[0], layer->weights[0].data,
                                            c->conv.use_bias ? layer->weights[1].data : NULL,
@@ -91,7 +100,9 @@ static size_t depthwise_scratch(const graft__layer *layer, int n_inputs, const g
     const depthwise_config *c = layer->config;
     graft_conv_geom g = depthwise_geom(layer, in, batch);
     size_t act = sizeof(float) * (size_t)(batch * graft__shape_elems(out));
-    return sizeof(float) * graft_f32_dwconv2d_train_backward_scratch_floats(&g) +
+    size_t train = graft_f32_dwconv2d_train_backward_scratch_floats(&g);
+    size_t mapped = graft_f32_dwconv2d_forward_mapped_scratch_floats(&g);
+    return sizeof(float) * (train > mapped ? train : mapped) +
            (c->conv.act == GRAFT__ACT_LINEAR ? 0 : (act + 63) / 64 * 64);
 }
 
@@ -129,6 +140,14 @@ static int depthwise_takes_bn_sums(const graft__layer *layer, const graft__shape
     return g.stride_h == 1 && g.stride_w == 1;
 }
 
+/* A BatchNorm's output is mapped band by band by the moments-taking forward. */
+static int depthwise_takes_in_map(const graft__layer *layer, const graft__shape *in,
+                                  const int64_t *in_pad, int64_t batch)
+{
+    const depthwise_config *c = layer->config;
+    return c->conv.act == GRAFT__ACT_LINEAR;
+}
+
 static void depthwise_backward(const graft__layer *layer, const graft__backward_args *a)
 {
     const depthwise_config *c = layer->config;
@@ -139,10 +158,12 @@ static void depthwise_backward(const graft__layer *layer, const graft__backward_
                                                          a->d_output, a->scratch, rows, g.out_c);
     if (c->conv.use_bias && a->d_weights[1])
         graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
-    if (a->d_output_bn || a->d_input_bn_sums || (a->d_weights[0] && a->d_inputs[0])) {
+    if (a->d_output_bn || a->d_input_bn_sums || a->in_map ||
+        (a->d_weights[0] && a->d_inputs[0])) {
         graft_f32_dwconv2d_train_backward(&g, a->inputs[0], dy, layer->weights[0].data,
                                           a->d_weights[0], a->d_inputs[0], !(a->fresh & 1u),
                                           a->d_output_bn, a->output, a->d_input_bn_sums,
+                                          a->in_map,
                                           (float *)((char *)a->scratch + act_bytes(c, a)));
         return;
     }
@@ -187,6 +208,7 @@ const graft__layer_ops graft__depthwise_conv2d_layer_ops = {
     .conv_geom = depthwise_geom,
     .takes_bn_grad = depthwise_takes_bn_grad,
     .takes_bn_sums = depthwise_takes_bn_sums,
+    .takes_in_map = depthwise_takes_in_map,
     .absorbs_padding = 1,
     .writes_fresh_grads = 1,
 };

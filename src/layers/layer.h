@@ -76,6 +76,13 @@ typedef struct graft__forward_args {
      * squared deviations); the BatchNorm gets them as moments_in. */
     double *moments_out;
     const double *moments_in;
+    /* Training, a BatchNorm on batch statistics whose output only the next
+     * layer reads, and that layer maps itself (its takes_in_map): the
+     * BatchNorm writes no output. */
+    int output_unused;
+    /* That next layer: inputs[0] is the BatchNorm's input, and the layer's own
+     * input is this map of it (scale_shift_act; the same in backward). */
+    const graft_bn_grad_map *in_map;
 } graft__forward_args;
 
 /* Gradients flow backward by accumulation: every d* buffer is added to, never
@@ -117,6 +124,8 @@ typedef struct graft__backward_args {
     const graft_bn_sums_out *d_input_bn_sums;
     /* That BatchNorm: its sums so taken, to merge instead of its own pass. */
     const graft_bn_sums_out *bn_sums_in;
+    /* As in forward: inputs[0] is a BatchNorm's input, mapped by this. */
+    const graft_bn_grad_map *in_map;
 } graft__backward_args;
 
 struct graft__layer_ops {
@@ -151,6 +160,10 @@ struct graft__layer_ops {
      * and batch; NULL: never. */
     int (*takes_bn_grad)(const graft__layer *layer, const graft__shape *in,
                          const int64_t *in_pad, int64_t batch);
+    /* Forward (with moments_out) and backward can take in_map at this input
+     * shape and batch; NULL: never. */
+    int (*takes_in_map)(const graft__layer *layer, const graft__shape *in,
+                        const int64_t *in_pad, int64_t batch);
     /* Backward can take d_input_bn_sums, the same way; NULL: never. */
     int (*takes_bn_sums)(const graft__layer *layer, const graft__shape *in,
                          const int64_t *in_pad, int64_t batch);

@@ -132,6 +132,36 @@ static int input_of(const graft__train_graph *tg, int j, int k)
     return k == 0 && tg->pad_before[j] >= 0 ? m->nodes[src].inputs[0] : src;
 }
 
+/* A BatchNorm (batch statistics, a ReLU absorbed) whose output only a layer
+ * that takes its moments reads, directly or through a padding it absorbs,
+ * writes no output in training: that layer maps the BatchNorm's input band by
+ * band itself (and again, image by image, for its weight gradient), so the
+ * output is neither written nor kept for backward. Full fine-tuning of
+ * MobileNetV2 at batch 32 (the expanding BatchNorms before the depthwise
+ * convolutions): forward 334-336 -> 290-298 ms a step node by node, the
+ * depthwise layers no slower, peak RSS 2023 -> 1586 MB. */
+static void plan_mapped_outputs(graft__train_graph *tg)
+{
+    const graft_model *m = tg->model;
+    for (int i = 0; i < m->n_nodes; i++)
+        tg->maps_bn[i] = tg->mapped_by[i] = -1;
+    for (int k = 0; k < m->n_nodes; k++) {
+        const graft__layer *next = m->nodes[k].layer;
+        if (tg->moments_for[k] < 0 || m->nodes[k].n_inputs != 1 || !next->ops->takes_in_map)
+            continue;
+        const int via = m->nodes[k].inputs[0], w = input_of(tg, k, 0); /* via: w or a padding */
+        const int b = tg->absorbed_by[w];
+        if (b < 0 || !tg->moments[b] || graft__only_reader(m, via) != k ||
+            (via != w && graft__only_reader(m, w) != via) ||
+            !next->ops->takes_in_map(next, &m->nodes[via].shape,
+                                     tg->pad_before[k] >= 0 ? tg->pads[k] : NULL, tg->max_batch))
+            continue;
+        tg->maps_bn[k] = b;
+        tg->mapped_by[b] = k;
+        tg->pinned[w] = 0;
+    }
+}
+
 static graft__activation absorbed_act(const graft__train_graph *tg, int b)
 {
     graft__activation act = GRAFT__ACT_LINEAR;
@@ -384,12 +414,14 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     tg->bn_grad_from = graft__calloc(n, sizeof(int));
     tg->bn_coefs = graft__calloc(n, sizeof(float *));
     tg->sums_for = graft__calloc(n, sizeof(int));
+    tg->maps_bn = graft__calloc(n, sizeof(int));
+    tg->mapped_by = graft__calloc(n, sizeof(int));
     tg->bn_sums = graft__calloc(n, sizeof(double *));
     tg->n_grads = model->n_params;
     tg->grads = graft__malloc_aligned(sizeof(float) * (size_t)(model->n_params ? model->n_params : 1));
     if (!tg->needs_backward || !tg->pinned || !tg->d_act || !tg->first_writer || !tg->saved ||
         !tg->absorbed_by || !tg->absorbs || !tg->pad_before || !tg->pads || !tg->moments_for || !tg->moments ||
-        !tg->bn_grad_from || !tg->bn_coefs || !tg->sums_for || !tg->bn_sums || !tg->grads) {
+        !tg->bn_grad_from || !tg->bn_coefs || !tg->sums_for || !tg->bn_sums || !tg->maps_bn || !tg->mapped_by || !tg->grads) {
         graft__train_graph_free(tg);
         return graft__fail(GRAFT_E_NOMEM, "out of memory preparing training");
     }
@@ -398,6 +430,8 @@ graft_status graft__train_graph_init(graft__train_graph *tg, graft_model *model,
     plan_absorbed_relus(tg);
     plan_absorbed_padding(tg);
     graft_status rc = plan_conv_moments(tg);
+    if (!rc)
+        plan_mapped_outputs(tg);
     for (int i = 0; i < model->n_nodes && !rc; i++)
         if (tg->needs_backward[i] && i != model->input_node && !model->nodes[i].layer->ops->backward)
             rc = graft__fail(GRAFT_E_UNSUPPORTED, "layer '%s' (%s) cannot be trained yet: it has "
@@ -442,6 +476,8 @@ void graft__train_graph_free(graft__train_graph *tg)
         graft__free(tg->bn_sums[i]);
     graft__free(tg->bn_sums);
     graft__free(tg->sums_for);
+    graft__free(tg->maps_bn);
+    graft__free(tg->mapped_by);
     graft__free(tg->d_act);
     graft__free(tg->saved);
     graft__free(tg->needs_backward);
@@ -496,6 +532,18 @@ int graft__cache_boundary(const graft_model *m, int bn_inference)
     return graft__cache_boundary_of_rank(m, bn_inference, 0);
 }
 
+/* BatchNorm b's backward map, from what its forward saved and (when its input
+ * gradient is deferred) its backward's coefficients. */
+static graft_bn_grad_map bn_map_of(const graft__train_graph *tg, int b)
+{
+    const graft__shape *s = &tg->model->nodes[b].shape;
+    const int64_t ch = s->dim[s->rank - 1];
+    const float *saved = tg->saved[b], *coefs = tg->bn_coefs[b];
+    return (graft_bn_grad_map){absorbed_act(tg, b), saved + 2 * ch, saved + 3 * ch, saved,
+                               saved + ch, coefs, coefs ? coefs + ch : NULL,
+                               coefs ? coefs + 2 * ch : NULL};
+}
+
 void graft__train_forward(graft__train_graph *tg, const float *input, int64_t batch, int training,
                           uint64_t seed, int logits_output)
 {
@@ -517,6 +565,12 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
             inputs[k] = activation(tg, input_of(tg, i, k), input);
             in_shapes[k] = m->nodes[node->inputs[k]].shape;
         }
+        const int mapped = training && tg->maps_bn[i] >= 0;
+        graft_bn_grad_map in_map;
+        if (mapped) {
+            in_map = bn_map_of(tg, tg->maps_bn[i]);
+            inputs[0] = activation(tg, input_of(tg, tg->maps_bn[i], 0), input);
+        }
         graft__forward_args args = {
             .batch = batch,
             .n_inputs = node->n_inputs,
@@ -534,6 +588,8 @@ void graft__train_forward(graft__train_graph *tg, const float *input, int64_t ba
             .in_pad = tg->pad_before[i] >= 0 ? tg->pads[i] : NULL,
             .moments_out = training && tg->moments_for[i] >= 0 ? tg->moments[tg->moments_for[i]] : NULL,
             .moments_in = training ? tg->moments[i] : NULL,
+            .output_unused = training && tg->mapped_by[i] >= 0,
+            .in_map = mapped ? &in_map : NULL,
         };
         node->layer->ops->forward(node->layer, &args);
     }
@@ -568,18 +624,6 @@ static unsigned start_input_grads(graft__train_graph *tg, int j, int64_t batch)
     return fresh;
 }
 
-/* BatchNorm b's backward map, from what its forward saved and (when its input
- * gradient is deferred) its backward's coefficients. */
-static graft_bn_grad_map bn_map_of(const graft__train_graph *tg, int b)
-{
-    const graft__shape *s = &tg->model->nodes[b].shape;
-    const int64_t ch = s->dim[s->rank - 1];
-    const float *saved = tg->saved[b], *coefs = tg->bn_coefs[b];
-    return (graft_bn_grad_map){absorbed_act(tg, b), saved + 2 * ch, saved + 3 * ch, saved,
-                               saved + ch, coefs, coefs ? coefs + ch : NULL,
-                               coefs ? coefs + 2 * ch : NULL};
-}
-
 static graft_bn_sums_out bn_sums_of(graft__train_graph *tg, int b)
 {
     const graft__shape *s = &tg->model->nodes[b].shape;
@@ -602,6 +646,11 @@ static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t
         inputs[k] = activation(tg, src, tg->input);
         in_shapes[k] = m->nodes[node->inputs[k]].shape;
         d_inputs[k] = tg->needs_backward[src] ? tg->d_act[src] : NULL;
+    }
+    graft_bn_grad_map in_map;
+    if (tg->maps_bn[i] >= 0) {
+        in_map = bn_map_of(tg, tg->maps_bn[i]);
+        inputs[0] = activation(tg, input_of(tg, tg->maps_bn[i], 0), tg->input);
     }
     for (int w = 0; w < layer->n_weights; w++)
         d_weights[w] = graft__weight_learns(layer, w) ? tg->grads + layer->weights[w].offset : NULL;
@@ -636,6 +685,7 @@ static void backward_node(graft__train_graph *tg, int i, int64_t batch, uint64_t
         .d_output_bn = bn >= 0 ? &bn_map : NULL,
         .d_input_bn_sums = tg->sums_for[i] >= 0 ? &sums_out : NULL,
         .bn_sums_in = tg->bn_sums[i] ? &sums_in : NULL,
+        .in_map = tg->maps_bn[i] >= 0 ? &in_map : NULL,
     };
     layer->ops->backward(layer, &args);
 }

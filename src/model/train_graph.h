@@ -26,6 +26,8 @@ typedef struct graft__train_graph {
     int *bn_grad_from;     /* per node: the BatchNorm whose input gradient this convolution maps itself, or -1 */
     float **bn_coefs;      /* per BatchNorm so deferred: its map's scale, mg, mgx */
     int *sums_for;         /* per node: the BatchNorm whose backward sums it takes from its input gradient, or -1 */
+    int *maps_bn;          /* per node: the BatchNorm whose output it maps from that BatchNorm's input in training, or -1 */
+    int *mapped_by;        /* per BatchNorm: the node that so maps its output, or -1 */
     double **bn_sums;      /* per BatchNorm so summed: those sums, by parts */
     void **saved;          /* per node forward-saved state, NULL when none */
     float *grads;          /* same layout as model->params; only trainable parts used */
