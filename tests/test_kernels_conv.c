@@ -292,7 +292,7 @@ static void conv2d_train_forward_moments_match_refs(void **state)
         graft_f32_conv2d__ref(&g, in, kernel, bias, want);
         float *work = malloc(sizeof(float) * graft_f32_conv2d_train_scratch_floats(&g));
         double *parts = malloc(sizeof(double) * 2 * GRAFT_CONV_TRAIN_PARTS * (size_t)co);
-        graft_f32_conv2d_train_forward_moments(&g, in, kernel, bias, got, work, parts,
+        graft_f32_conv2d_train_forward_moments(&g, in, NULL, kernel, bias, got, work, parts,
                                                parts + GRAFT_CONV_TRAIN_PARTS * co);
         char what[64];
         snprintf(what, sizeof what, "train forward with moments, case %d", i);
@@ -302,10 +302,43 @@ static void conv2d_train_forward_moments_match_refs(void **state)
     }
 }
 
+/* The pointwise forward reading a BatchNorm's input and mapping it (ReLU6)
+ * chunk by chunk: against the ref on the ref-mapped input; small (which
+ * otherwise takes the whole-tensor path), fewer pixels than parts, and parts
+ * of several chunks with a short last one. */
+static void conv2d_train_forward_moments_mapped_match_refs(void **state)
+{
+    static const int64_t shapes[][5] = {{2, 9, 7, 5, 17}, {1, 2, 3, 4, 9}, {2, 40, 41, 19, 24}};
+    for (int i = 0; i < 3; i++) {
+        graft_conv_geom g = geom(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3],
+                                 shapes[i][4], 1, 1, 1, 1, 1, 1);
+        assert_int_equal(graft_conv_geom_init(&g, 1), 1);
+        const int64_t pixels = g.batch * g.out_h * g.out_w, co = g.out_c, ci = g.in_c;
+        float *z = rand_buf(pixels * ci, 4.0f), *y = malloc(sizeof(float) * (size_t)(pixels * ci));
+        float *mul = rand_buf(ci, 2.0f), *add = rand_buf(ci, 3.0f);
+        graft_bn_grad_map map = {GRAFT__ACT_RELU6, mul, add, NULL, NULL, NULL, NULL, NULL};
+        graft_f32_scale_shift_act__ref(z, y, mul, add, pixels, ci, GRAFT__ACT_RELU6);
+        float *kernel = rand_buf(ci * co, 1.0f), *bias = rand_buf(co, 3.0f);
+        float *want = guarded_buf(pixels * co), *got = guarded_buf(pixels * co);
+        graft_f32_conv2d__ref(&g, y, kernel, bias, want);
+        float *work = guarded_buf((int64_t)graft_f32_conv2d_train_scratch_floats(&g));
+        double *parts = malloc(sizeof(double) * 2 * GRAFT_CONV_TRAIN_PARTS * (size_t)co);
+        graft_f32_conv2d_train_forward_moments(&g, z, &map, kernel, bias, got, work, parts,
+                                               parts + GRAFT_CONV_TRAIN_PARTS * co);
+        char what[64];
+        snprintf(what, sizeof what, "mapped train forward with moments, case %d", i);
+        assert_true(close_enough(what, got, want, pixels * co));
+        assert_part_moments_match_ref(parts, want, pixels, co);
+        free(z), free(y), free(mul), free(add), free(kernel), free(bias), free(want), free(got);
+        free(work), free(parts);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(conv2d_train_forward_moments_match_refs),
+        cmocka_unit_test(conv2d_train_forward_moments_mapped_match_refs),
         cmocka_unit_test(geom_same_stride2_even_input_pads_zero_top_one_bottom),
         cmocka_unit_test(geom_same_stride2_odd_input_pads_one_each_side),
         cmocka_unit_test(geom_same_stride1_odd_total_puts_extra_at_bottom),

@@ -227,7 +227,7 @@ typedef struct bn_case {
     float *mul, *add, *mean, *inv, *scale, *mg, *mgx;
 } bn_case;
 
-/* A mapped dout differs from the ref's (double, rounded once) by an ulp here and
+/* A mapped dout or input differs from the ref's by an ulp here and
  * there, and the weight gradient sums thousands of such products that largely
  * cancel: each element is held to 1e-5 of the sum of its terms' magnitudes. */
 static int weight_grad_close(const char *what, const graft_conv_geom *g, const float *in,
@@ -250,11 +250,17 @@ static int weight_grad_close(const char *what, const graft_conv_geom *g, const f
 }
 
 static void pointwise_train_backward_case(const int64_t shape[4], int accumulate, int threads,
-                                          int want, int with_bn)
+                                          int want, int with_bn, int with_map)
 {
     graft_conv_geom g = geom(shape[0], shape[1], shape[1] + 2, shape[2], shape[3], 1, 1, 1, 1, 1, 1);
     assert_int_equal(graft_conv_geom_init(&g, 0), 1);
     conv_case c = conv_case_new(g);
+    /* With a map, the kernel reads z and the refs its map, c.in. */
+    float *z = rand_buf(c.nin, 4.0f), *zmul = rand_buf(g.in_c, 2.0f), *zadd = rand_buf(g.in_c, 3.0f);
+    graft_bn_grad_map in_map = {GRAFT__ACT_RELU6, zmul, zadd, NULL, NULL, NULL, NULL, NULL};
+    if (with_map)
+        graft_f32_scale_shift_act__ref(z, c.in, zmul, zadd, c.nin / g.in_c, g.in_c,
+                                       GRAFT__ACT_RELU6);
     const int64_t co = g.out_c, rows = c.nout / co;
     bn_case b = {rand_buf(co, 1.0f), rand_buf(co, 1.0f), rand_buf(co, 1.0f), rand_buf(co, 1.0f),
                  rand_buf(co, 1.0f), rand_buf(co, 1.0f), rand_buf(co, 1.0f)};
@@ -288,15 +294,16 @@ static void pointwise_train_backward_case(const int64_t shape[4], int accumulate
         sv[i] = rand_buf(g.in_c, 1.0f);
     graft_bn_sums_out sums = {{GRAFT__ACT_RELU6, sv[0], sv[1], sv[2], sv[3], NULL, NULL, NULL},
                               c.in, parts, parts + GRAFT_BN_SUM_PARTS * g.in_c};
-    graft_f32_conv2d_train_backward_pointwise(&g, c.in, c.r, c.kernel, want & 1 ? dk_got : NULL,
-                                              want & 2 ? din_got : NULL, accumulate,
-                                              with_bn ? &map : NULL, out,
-                                              want & 2 ? &sums : NULL, work);
+    graft_f32_conv2d_train_backward_pointwise(&g, with_map ? z : c.in, c.r, c.kernel,
+                                              want & 1 ? dk_got : NULL, want & 2 ? din_got : NULL,
+                                              accumulate, with_bn ? &map : NULL, out,
+                                              want & 2 ? &sums : NULL,
+                                              with_map ? &in_map : NULL, work);
     omp_set_num_threads(saved_threads);
     char what[128];
-    snprintf(what, sizeof what, "pw train dX %lldx%lld %lld->%lld acc %d threads %d bn %d",
+    snprintf(what, sizeof what, "pw train dX %lldx%lld %lld->%lld acc %d threads %d bn %d map %d",
              (long long)g.batch, (long long)g.in_h, (long long)g.in_c, (long long)co, accumulate,
-             threads, with_bn);
+             threads, with_bn, with_map);
     if (want & 2) {
         assert_true(close_enough(what, din_got, din_want, c.nin));
         assert_true(bn_sums_close(what, c.in, din_got, &sums, c.nin / g.in_c, g.in_c));
@@ -304,7 +311,7 @@ static void pointwise_train_backward_case(const int64_t shape[4], int accumulate
         for (int64_t i = 0; i < c.nin; i++)
             assert_true(accumulate ? din_got[i] == din_want[i] : isnan(din_got[i]));
     what[10] = 'W';
-    if (want & 1 && with_bn)
+    if (want & 1 && (with_bn || with_map))
         assert_true(weight_grad_close(what, &g, c.in, dz, dk_got, dk_want));
     else if (want & 1)
         assert_true(close_enough(what, dk_got, dk_want, c.nk));
@@ -314,6 +321,7 @@ static void pointwise_train_backward_case(const int64_t shape[4], int accumulate
         free(dz);
     free(b.mul), free(b.add), free(b.mean), free(b.inv), free(b.scale), free(b.mg), free(b.mgx);
     free(out), free(work), free(din_want), free(din_got), free(dk_want), free(dk_got), free(parts);
+    free(z), free(zmul), free(zadd);
     for (int i = 0; i < 4; i++)
         free(sv[i]);
     conv_case_free(&c);
@@ -328,10 +336,12 @@ static void pointwise_train_backward_both_gradients_match_ref(void **state)
         for (int accumulate = 0; accumulate < 2; accumulate++)
             for (int threads = 1; threads <= 3; threads += 2)
                 for (int with_bn = 0; with_bn < 2; with_bn++)
-                    pointwise_train_backward_case(shapes[s], accumulate, threads, 3, with_bn);
-    /* One gradient only. */
-    pointwise_train_backward_case(shapes[2], 1, 3, 1, 1);
-    pointwise_train_backward_case(shapes[3], 0, 3, 2, 1);
+                    pointwise_train_backward_case(shapes[s], accumulate, threads, 3, with_bn,
+                                                  with_bn);
+    /* One gradient only; a map alone. */
+    pointwise_train_backward_case(shapes[2], 1, 3, 1, 1, 1);
+    pointwise_train_backward_case(shapes[3], 0, 3, 2, 1, 1);
+    pointwise_train_backward_case(shapes[5], 0, 3, 3, 0, 1);
 }
 
 /* The packed weight gradient of windowed convolutions (im2col chunks taken as

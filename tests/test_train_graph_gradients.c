@@ -289,7 +289,9 @@ static void bn_graph_case(int bn_inference, const char *from)
         assert_int_equal(tg.pinned[node_named(m, "a_relu")], 0);
     else if (!from)
         assert_int_equal(tg.pinned[node_named(m, "a_relu")], 1);
-    assert_int_equal(tg.maps_bn[node_named(m, "p")], -1); /* Conv2D takes no map */
+    /* and p maps dw_bn's, directly */
+    assert_int_equal(tg.maps_bn[node_named(m, "p")], bn_inference ? -1 : node_named(m, "dw_bn"));
+    assert_int_equal(tg.maps_bn[node_named(m, "gap")], -1);
     const int training = !bn_inference;
     for (int pass = 0; pass < 2; pass++) {
         memset(tg.grads, 0, sizeof(float) * (size_t)tg.n_grads);

@@ -133,13 +133,16 @@ void graft_f32_conv2d_train_forward(const graft_conv_geom *g, const float *in, c
  * while each chunk of it is in cache, for the BatchNorm after it (one pass over
  * memory fewer): into part_mean and part_m2, each (GRAFT_CONV_TRAIN_PARTS,
  * out_c), part p covering pixels [pixels p / PARTS, pixels (p+1) / PARTS), to
- * be merged by graft_f32_channel_moments_merge. */
+ * be merged by graft_f32_channel_moments_merge. With in_map (pointwise only),
+ * `in` is a BatchNorm's input and each chunk of this convolution's input is
+ * mapped from it (scale_shift_act) into the scratch just before use. */
 enum { GRAFT_CONV_TRAIN_PARTS = 8 };
 /* The pointwise and depthwise backwards sum a BatchNorm's parts in these. */
 _Static_assert((int)GRAFT_CONV_TRAIN_PARTS == (int)GRAFT_BN_SUM_PARTS, "one part count");
 void graft_f32_conv2d_train_forward_moments(const graft_conv_geom *g, const float *in,
-                                            const float *kernel, const float *bias, float *out,
-                                            float *work, double *part_mean, double *part_m2);
+                                            const graft_bn_grad_map *in_map, const float *kernel,
+                                            const float *bias, float *out, float *work,
+                                            double *part_mean, double *part_m2);
 int graft_f32_conv2d_train_weight_packed_pays(const graft_conv_geom *g);
 void graft_f32_conv2d_train_backward_weight(const graft_conv_geom *g, const float *in,
                                             const float *dout, float *dkernel, float *work);
@@ -154,12 +157,14 @@ void graft_f32_conv2d_train_backward_input(const graft_conv_geom *g, const float
  * convolution's own output gradient is mapped from it and from `out` (this
  * convolution's output) by bn into the scratch, never written to memory. With
  * sums (and din), the backward sums of the BatchNorm before the convolution
- * are taken from each chunk of din as it is written (parts: the 8 here). */
+ * are taken from each chunk of din as it is written (parts: the 8 here). With
+ * in_map, `in` is a BatchNorm's input, mapped chunk by chunk for dkernel. */
 void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const float *in,
                                                const float *dout, const float *kernel,
                                                float *dkernel, float *din, int accumulate,
                                                const graft_bn_grad_map *bn, const float *out,
-                                               const graft_bn_sums_out *sums, float *work);
+                                               const graft_bn_sums_out *sums,
+                                               const graft_bn_grad_map *in_map, float *work);
 
 /* ---- DepthwiseConv2D ------------------------------------------------------- */
 /* Depth multiplier M = out_c / in_c; output channel c*M + m reads input channel c

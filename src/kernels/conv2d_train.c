@@ -15,6 +15,10 @@ enum { PARTS = GRAFT_CONV_TRAIN_PARTS };
 
 static size_t round16(size_t floats) { return (floats + 15) / 16 * 16; }
 
+/* Pixels per chunk of the moments-taking forward: a chunk's output (at most
+ * 128 x out_c floats) is still in L2 when its moments are taken. */
+enum { MOMENT_CHUNK = 128 };
+
 /* Pixels per chunk of the pointwise backward: the chunk's dout rows (128 KiB)
  * are still in L2 when the input gradient reads them after the weight gradient
  * has. Against the two passes apart, call by call at batch 32 in one process:
@@ -31,7 +35,8 @@ size_t graft_f32_conv2d_train_scratch_floats(const graft_conv_geom *g)
 {
     const int64_t K = g->kernel_h * g->kernel_w * g->in_c, N = g->out_c;
     size_t fwd = round16((size_t)graft_f32_gemm_packed_floats(K, N)) +
-                 PARTS * round16(graft_f32_conv2d_fused_scratch_floats(g));
+                 PARTS * round16(graft_f32_conv2d_fused_scratch_floats(g)) +
+                 PARTS * round16((size_t)(MOMENT_CHUNK * K));
     size_t dw = PARTS * round16((size_t)(K * N)) +
                 PARTS * round16(graft_f32_conv2d_backward_weight_scratch_floats(g));
     size_t most = fwd > dw ? fwd : dw;
@@ -39,9 +44,10 @@ size_t graft_f32_conv2d_train_scratch_floats(const graft_conv_geom *g)
         return most;
     size_t dx = round16((size_t)(K * N)) + round16((size_t)graft_f32_gemm_packed_floats(N, K));
     /* The pointwise backward holds both at once, and a chunk of mapped dout
-     * per thread. */
+     * and one of mapped input per thread. */
     size_t both = PARTS * round16((size_t)(K * N)) + dx +
-                  PARTS * round16((size_t)(backward_chunk(N) * N));
+                  PARTS * round16((size_t)(backward_chunk(N) * N)) +
+                  PARTS * round16((size_t)(backward_chunk(K > N ? K : N) * K));
     return most > both ? most : both;
 }
 
@@ -69,17 +75,15 @@ void graft_f32_conv2d_train_forward(const graft_conv_geom *g, const float *in, c
     }
 }
 
-/* Pixels per chunk of the moments-taking forward: a chunk's output (at most
- * 128 x out_c floats) is still in L2 when its moments are taken. */
-enum { MOMENT_CHUNK = 128 };
 
 void graft_f32_conv2d_train_forward_moments(const graft_conv_geom *g, const float *in,
-                                            const float *kernel, const float *bias, float *out,
-                                            float *work, double *part_mean, double *part_m2)
+                                            const graft_bn_grad_map *in_map, const float *kernel,
+                                            const float *bias, float *out, float *work,
+                                            double *part_mean, double *part_m2)
 {
     const int64_t K = g->kernel_h * g->kernel_w * g->in_c, CO = g->out_c;
     const int64_t pixels = g->batch * g->out_h * g->out_w;
-    if (pixels < PARTS * 2 * MOMENT_CHUNK) {
+    if (pixels < PARTS * 2 * MOMENT_CHUNK && !in_map) {
         /* Parts of a few chunks made the GEMM calls too short (7x7, 320->1280:
          * 9.0 ms against 8.5 for the forward and a moments pass apart). */
         graft_f32_conv2d_train_forward(g, in, kernel, bias, GRAFT__ACT_LINEAR, out, work);
@@ -93,17 +97,24 @@ void graft_f32_conv2d_train_forward_moments(const graft_conv_geom *g, const floa
     }
     float *packed = work, *chunks = work + round16((size_t)graft_f32_gemm_packed_floats(K, CO));
     const size_t stride = round16(graft_f32_conv2d_fused_scratch_floats(g));
+    float *inputs = chunks + PARTS * stride;
     graft_f32_gemm_pack(K, CO, kernel, bias, packed);
 #pragma omp parallel num_threads(threads_for(PARTS))
     {
         float *scratch = chunks + (size_t)omp_get_thread_num() * stride;
+        float *x = inputs + (size_t)omp_get_thread_num() * round16((size_t)(MOMENT_CHUNK * K));
 #pragma omp for schedule(static)
         for (int p = 0; p < PARTS; p++) {
             const int64_t p0 = pixels * p / PARTS, p1 = pixels * (p + 1) / PARTS;
             for (int64_t c0 = p0; c0 < p1; c0 += MOMENT_CHUNK) {
                 int64_t c1 = p1 - c0 < MOMENT_CHUNK ? p1 : c0 + MOMENT_CHUNK;
-                graft_f32_conv2d_fused__packed(g, c0, c1, in, packed, GRAFT__ACT_LINEAR,
-                                               out + c0 * CO, scratch);
+                if (in_map) { /* pointwise: the chunk's input rows, mapped */
+                    graft_f32_scale_shift_act_rows(in + c0 * K, x, in_map, c1 - c0, K);
+                    graft_f32_conv2d_fused__packed(g, 0, c1 - c0, x, packed, GRAFT__ACT_LINEAR,
+                                                   out + c0 * CO, scratch);
+                } else
+                    graft_f32_conv2d_fused__packed(g, c0, c1, in, packed, GRAFT__ACT_LINEAR,
+                                                   out + c0 * CO, scratch);
                 graft_f32_channel_moments_add_rows(out + c0 * CO, c1 - c0, CO, c0 - p0,
                                                    part_mean + p * CO, part_m2 + p * CO);
             }
@@ -164,7 +175,8 @@ void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const f
                                                const float *dout, const float *kernel,
                                                float *dkernel, float *din, int accumulate,
                                                const graft_bn_grad_map *bn, const float *out,
-                                               const graft_bn_sums_out *sums, float *work)
+                                               const graft_bn_sums_out *sums,
+                                               const graft_bn_grad_map *in_map, float *work)
 {
     const int64_t CI = g->in_c, CO = g->out_c, pixels = g->batch * g->out_h * g->out_w;
     const size_t part_stride = round16((size_t)(CI * CO));
@@ -173,11 +185,14 @@ void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const f
     const float *packed = din ? pack_transposed(CI, CO, kernel, after_parts) : NULL;
     float *mapped = after_parts + round16((size_t)(CI * CO)) +
                     round16((size_t)graft_f32_gemm_packed_floats(CO, CI));
-    /* With sums, din's chunk too is to be read from L2. */
-    const int64_t chunk = backward_chunk(sums && din && CI > CO ? CI : CO);
+    /* With sums or a map, din's or the input's chunk too is to be in L2. */
+    const int64_t chunk = backward_chunk(((sums && din) || in_map) && CI > CO ? CI : CO);
+    float *inputs = mapped + PARTS * round16((size_t)(backward_chunk(CO) * CO));
+    const size_t in_stride = round16((size_t)(backward_chunk(CI > CO ? CI : CO) * CI));
 #pragma omp parallel num_threads(threads_for(PARTS))
     {
-        float *dz = mapped + (size_t)omp_get_thread_num() * round16((size_t)(chunk * CO));
+        float *dz = mapped + (size_t)omp_get_thread_num() * round16((size_t)(backward_chunk(CO) * CO));
+        float *x = inputs + (size_t)omp_get_thread_num() * in_stride;
 #pragma omp for schedule(static)
         for (int p = 0; p < PARTS; p++) {
             const int64_t p0 = pixels * p / PARTS, p1 = pixels * (p + 1) / PARTS;
@@ -194,8 +209,13 @@ void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const f
                     graft_f32_bn_backward_input_rows(out + c0 * CO, dy, bn, n, CO, dz);
                     dy = dz;
                 }
+                const float *xs = in + c0 * CI;
+                if (dkernel && in_map) {
+                    graft_f32_scale_shift_act_rows(xs, x, in_map, n, CI);
+                    xs = x;
+                }
                 if (dkernel)
-                    graft_f32_pw_backward_weight__direct(0, n, CI, CO, in + c0 * CI, dy, acc);
+                    graft_f32_pw_backward_weight__direct(0, n, CI, CO, xs, dy, acc);
                 if (din)
                     graft_f32_pw_backward_input__packed(0, n, CI, CO, dy, packed, din + c0 * CI,
                                                         accumulate);

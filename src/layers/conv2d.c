@@ -112,7 +112,7 @@ static void conv2d_forward(const graft__layer *layer, const graft__forward_args 
     const float *bias = c->conv.use_bias ? layer->weights[1].data : NULL;
     if (a->moments_out && c->conv.act == GRAFT__ACT_LINEAR) {
         graft_f32_conv2d_train_forward_moments(
-            &g, a->inputs[0], layer->weights[0].data, bias, a->output,
+            &g, a->inputs[0], a->in_map, layer->weights[0].data, bias, a->output,
             (float *)((char *)a->scratch + act_bytes(c, a->out_shape, a->batch)), a->moments_out,
             a->moments_out + GRAFT_CONV_TRAIN_PARTS * g.out_c);
         return;
@@ -147,11 +147,11 @@ static void conv2d_backward(const graft__layer *layer, const graft__backward_arg
     if (c->conv.use_bias && a->d_weights[1])
         graft__sum_rows(a->d_weights[1], dy, rows, g.out_c);
     if (packed && weight_packed &&
-        (a->d_output_bn || a->d_input_bn_sums || (a->d_weights[0] && din))) {
+        (a->d_output_bn || a->d_input_bn_sums || a->in_map || (a->d_weights[0] && din))) {
         graft_f32_conv2d_train_backward_pointwise(&g, a->inputs[0], dy, layer->weights[0].data,
                                                   a->d_weights[0], din, !(a->fresh & 1u),
                                                   a->d_output_bn, a->output, a->d_input_bn_sums,
-                                                  work);
+                                                  a->in_map, work);
         return;
     }
     if (a->d_weights[0]) {
@@ -193,6 +193,17 @@ static int conv2d_takes_bn_sums(const graft__layer *layer, const graft__shape *i
            graft_f32_conv2d_train_weight_packed_pays(&g);
 }
 
+/* A BatchNorm's output is mapped chunk by chunk by the moments-taking forward
+ * and the pointwise backward (whose weight gradient the packed path takes). */
+static int conv2d_takes_in_map(const graft__layer *layer, const graft__shape *in,
+                               const int64_t *in_pad, int64_t batch)
+{
+    const conv2d_config *c = layer->config;
+    graft_conv_geom g = graft__geom_unpad(conv2d_geom(layer, in, batch), in_pad);
+    return c->conv.act == GRAFT__ACT_LINEAR && graft_f32_conv2d_is_pointwise(&g) &&
+           graft_f32_conv2d_train_weight_packed_pays(&g);
+}
+
 /* Output channel o of kernel (KH, KW, Cin, Cout) scales by mul[o]. */
 static void conv2d_fold_affine(const graft__layer *layer, const float *mul, const float *add,
                                float *kernel, float *bias)
@@ -224,6 +235,7 @@ const graft__layer_ops graft__conv2d_layer_ops = {
     .conv_geom = conv2d_geom,
     .takes_bn_grad = conv2d_takes_bn_grad,
     .takes_bn_sums = conv2d_takes_bn_sums,
+    .takes_in_map = conv2d_takes_in_map,
     .absorbs_padding = 1,
     .writes_fresh_grads = 1,
     .writes_moments = 1,
