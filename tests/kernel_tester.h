@@ -149,6 +149,57 @@ static inline graft_conv_geom pool_geom(int64_t n, int64_t h, int64_t w, int64_t
     return geom(n, h, w, c, c, kh, kw, sh, sw, 1, 1);
 }
 
+/* A BatchNorm's output as a layer maps it from the BatchNorm's input: z (n rows
+ * of ch, scaled so that z * mul + add crosses ReLU6's 0 and 6), the map, and
+ * y = the ref's map of z, for the refs to read. */
+typedef struct mapped_input {
+    float *z, *y, *mul, *add;
+    graft_bn_grad_map map;
+} mapped_input;
+
+static inline mapped_input mapped_input_new(int64_t rows, int64_t ch)
+{
+    mapped_input m = {rand_buf(rows * ch, 4.0f), malloc(sizeof(float) * (size_t)(rows * ch)),
+                      rand_buf(ch, 2.0f), rand_buf(ch, 3.0f),
+                      {GRAFT__ACT_RELU6, NULL, NULL, NULL, NULL, NULL, NULL, NULL}};
+    assert_non_null(m.y);
+    m.map.mul = m.mul, m.map.add = m.add;
+    graft_f32_scale_shift_act__ref(m.z, m.y, m.mul, m.add, rows, ch, GRAFT__ACT_RELU6);
+    return m;
+}
+
+static inline void mapped_input_free(mapped_input *m)
+{
+    free(m->z), free(m->y), free(m->mul), free(m->add);
+}
+
+/* Where a layer puts the backward sums of a BatchNorm before it (input x, ch
+ * channels, a ReLU6 map of its own), for bn_sums_close. */
+typedef struct bn_sums_case {
+    float *v[4];
+    double *parts;
+    graft_bn_sums_out out;
+} bn_sums_case;
+
+static inline bn_sums_case bn_sums_case_new(const float *x, int64_t ch)
+{
+    bn_sums_case b;
+    for (int i = 0; i < 4; i++)
+        b.v[i] = rand_buf(ch, 1.0f);
+    b.parts = malloc(sizeof(double) * 2 * GRAFT_BN_SUM_PARTS * (size_t)ch);
+    assert_non_null(b.parts);
+    b.out = (graft_bn_sums_out){{GRAFT__ACT_RELU6, b.v[0], b.v[1], b.v[2], b.v[3], NULL, NULL, NULL},
+                                x, b.parts, b.parts + GRAFT_BN_SUM_PARTS * ch};
+    return b;
+}
+
+static inline void bn_sums_case_free(bn_sums_case *b)
+{
+    for (int i = 0; i < 4; i++)
+        free(b->v[i]);
+    free(b->parts);
+}
+
 /* A layer's take of the BatchNorm before it's backward sums (its parts merged)
  * against the ref over x and the final dy, each sum held to 1e-5 of the sum of
  * its terms' magnitudes (it may cancel). The map's act is ReLU6 or linear. */

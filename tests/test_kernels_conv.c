@@ -314,23 +314,20 @@ static void conv2d_train_forward_moments_mapped_match_refs(void **state)
                                  shapes[i][4], 1, 1, 1, 1, 1, 1);
         assert_int_equal(graft_conv_geom_init(&g, 1), 1);
         const int64_t pixels = g.batch * g.out_h * g.out_w, co = g.out_c, ci = g.in_c;
-        float *z = rand_buf(pixels * ci, 4.0f), *y = malloc(sizeof(float) * (size_t)(pixels * ci));
-        float *mul = rand_buf(ci, 2.0f), *add = rand_buf(ci, 3.0f);
-        graft_bn_grad_map map = {GRAFT__ACT_RELU6, mul, add, NULL, NULL, NULL, NULL, NULL};
-        graft_f32_scale_shift_act__ref(z, y, mul, add, pixels, ci, GRAFT__ACT_RELU6);
+        mapped_input mi = mapped_input_new(pixels, ci);
         float *kernel = rand_buf(ci * co, 1.0f), *bias = rand_buf(co, 3.0f);
         float *want = guarded_buf(pixels * co), *got = guarded_buf(pixels * co);
-        graft_f32_conv2d__ref(&g, y, kernel, bias, want);
+        graft_f32_conv2d__ref(&g, mi.y, kernel, bias, want);
         float *work = guarded_buf((int64_t)graft_f32_conv2d_train_scratch_floats(&g));
         double *parts = malloc(sizeof(double) * 2 * GRAFT_CONV_TRAIN_PARTS * (size_t)co);
-        graft_f32_conv2d_train_forward_moments(&g, z, &map, kernel, bias, got, work, parts,
+        graft_f32_conv2d_train_forward_moments(&g, mi.z, &mi.map, kernel, bias, got, work, parts,
                                                parts + GRAFT_CONV_TRAIN_PARTS * co);
         char what[64];
         snprintf(what, sizeof what, "mapped train forward with moments, case %d", i);
         assert_true(close_enough(what, got, want, pixels * co));
         assert_part_moments_match_ref(parts, want, pixels, co);
-        free(z), free(y), free(mul), free(add), free(kernel), free(bias), free(want), free(got);
-        free(work), free(parts);
+        mapped_input_free(&mi);
+        free(kernel), free(bias), free(want), free(got), free(work), free(parts);
     }
 }
 

@@ -256,11 +256,9 @@ static void pointwise_train_backward_case(const int64_t shape[4], int accumulate
     assert_int_equal(graft_conv_geom_init(&g, 0), 1);
     conv_case c = conv_case_new(g);
     /* With a map, the kernel reads z and the refs its map, c.in. */
-    float *z = rand_buf(c.nin, 4.0f), *zmul = rand_buf(g.in_c, 2.0f), *zadd = rand_buf(g.in_c, 3.0f);
-    graft_bn_grad_map in_map = {GRAFT__ACT_RELU6, zmul, zadd, NULL, NULL, NULL, NULL, NULL};
+    mapped_input mi = mapped_input_new(c.nin / g.in_c, g.in_c);
     if (with_map)
-        graft_f32_scale_shift_act__ref(z, c.in, zmul, zadd, c.nin / g.in_c, g.in_c,
-                                       GRAFT__ACT_RELU6);
+        memcpy(c.in, mi.y, sizeof(float) * (size_t)c.nin);
     const int64_t co = g.out_c, rows = c.nout / co;
     bn_case b = {rand_buf(co, 1.0f), rand_buf(co, 1.0f), rand_buf(co, 1.0f), rand_buf(co, 1.0f),
                  rand_buf(co, 1.0f), rand_buf(co, 1.0f), rand_buf(co, 1.0f)};
@@ -286,19 +284,14 @@ static void pointwise_train_backward_case(const int64_t shape[4], int accumulate
     float *work = guarded_buf((int64_t)graft_f32_conv2d_train_scratch_floats(&g));
     const int saved_threads = omp_get_max_threads();
     omp_set_num_threads(threads);
-    /* The sums of a BatchNorm before (its input `c.in` again, its map `map`'s),
-     * taken from din as it is written, when din is. */
-    double *parts = malloc(sizeof(double) * 2 * GRAFT_BN_SUM_PARTS * (size_t)g.in_c);
-    float *sv[4];
-    for (int i = 0; i < 4; i++)
-        sv[i] = rand_buf(g.in_c, 1.0f);
-    graft_bn_sums_out sums = {{GRAFT__ACT_RELU6, sv[0], sv[1], sv[2], sv[3], NULL, NULL, NULL},
-                              c.in, parts, parts + GRAFT_BN_SUM_PARTS * g.in_c};
-    graft_f32_conv2d_train_backward_pointwise(&g, with_map ? z : c.in, c.r, c.kernel,
+    /* The sums of a BatchNorm before (input c.in), taken from din as it is
+     * written, when din is. */
+    bn_sums_case sums = bn_sums_case_new(c.in, g.in_c);
+    graft_f32_conv2d_train_backward_pointwise(&g, with_map ? mi.z : c.in, c.r, c.kernel,
                                               want & 1 ? dk_got : NULL, want & 2 ? din_got : NULL,
                                               accumulate, with_bn ? &map : NULL, out,
-                                              want & 2 ? &sums : NULL,
-                                              with_map ? &in_map : NULL, work);
+                                              want & 2 ? &sums.out : NULL,
+                                              with_map ? &mi.map : NULL, work);
     omp_set_num_threads(saved_threads);
     char what[128];
     snprintf(what, sizeof what, "pw train dX %lldx%lld %lld->%lld acc %d threads %d bn %d map %d",
@@ -306,7 +299,7 @@ static void pointwise_train_backward_case(const int64_t shape[4], int accumulate
              threads, with_bn, with_map);
     if (want & 2) {
         assert_true(close_enough(what, din_got, din_want, c.nin));
-        assert_true(bn_sums_close(what, c.in, din_got, &sums, c.nin / g.in_c, g.in_c));
+        assert_true(bn_sums_close(what, c.in, din_got, &sums.out, c.nin / g.in_c, g.in_c));
     } else /* untouched */
         for (int64_t i = 0; i < c.nin; i++)
             assert_true(accumulate ? din_got[i] == din_want[i] : isnan(din_got[i]));
@@ -320,10 +313,9 @@ static void pointwise_train_backward_case(const int64_t shape[4], int accumulate
     if (with_bn)
         free(dz);
     free(b.mul), free(b.add), free(b.mean), free(b.inv), free(b.scale), free(b.mg), free(b.mgx);
-    free(out), free(work), free(din_want), free(din_got), free(dk_want), free(dk_got), free(parts);
-    free(z), free(zmul), free(zadd);
-    for (int i = 0; i < 4; i++)
-        free(sv[i]);
+    free(out), free(work), free(din_want), free(din_got), free(dk_want), free(dk_got);
+    bn_sums_case_free(&sums);
+    mapped_input_free(&mi);
     conv_case_free(&c);
 }
 

@@ -245,24 +245,21 @@ static void dwconv_forward_moments_mapped_match_refs(void **state)
             g.in_h -= 1, g.in_w -= 1;
         const int64_t pixels = g.batch * g.out_h * g.out_w, co = g.out_c;
         const int64_t nin = g.batch * g.in_h * g.in_w * g.in_c;
-        float *z = rand_buf(nin, 4.0f), *y = malloc(sizeof(float) * (size_t)nin);
-        float *mul = rand_buf(g.in_c, 2.0f), *add = rand_buf(g.in_c, 3.0f);
-        graft_bn_grad_map map = {GRAFT__ACT_RELU6, mul, add, NULL, NULL, NULL, NULL, NULL};
-        graft_f32_scale_shift_act__ref(z, y, mul, add, nin / g.in_c, g.in_c, GRAFT__ACT_RELU6);
+        mapped_input mi = mapped_input_new(nin / g.in_c, g.in_c);
         float *kernel = rand_buf(g.kernel_h * g.kernel_w * co, 1.0f);
         float *bias = rand_buf(co, 3.0f);
         float *want = guarded_buf(pixels * co), *got = guarded_buf(pixels * co);
         float *work = guarded_buf((int64_t)graft_f32_dwconv2d_forward_mapped_scratch_floats(&g));
-        graft_f32_dwconv2d__ref(&g, 0, g.batch * g.out_h, y, kernel, bias, want);
+        graft_f32_dwconv2d__ref(&g, 0, g.batch * g.out_h, mi.y, kernel, bias, want);
         double *parts = malloc(sizeof(double) * 2 * GRAFT_CONV_TRAIN_PARTS * (size_t)co);
-        graft_f32_dwconv2d_forward_moments_mapped(&g, z, &map, kernel, bias, got, parts,
+        graft_f32_dwconv2d_forward_moments_mapped(&g, mi.z, &mi.map, kernel, bias, got, parts,
                                                   parts + GRAFT_CONV_TRAIN_PARTS * co, work);
         char what[64];
         snprintf(what, sizeof what, "dw mapped forward with moments, case %d", i);
         assert_true(close_enough(what, got, want, pixels * co));
         assert_part_moments_match_ref(parts, want, pixels, co);
-        free(z), free(y), free(mul), free(add), free(kernel), free(bias), free(want), free(got);
-        free(work), free(parts);
+        mapped_input_free(&mi);
+        free(kernel), free(bias), free(want), free(got), free(work), free(parts);
     }
 }
 

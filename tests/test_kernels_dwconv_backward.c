@@ -255,11 +255,9 @@ static void dw_train_backward_case(graft_conv_geom g, int accumulate, int thread
 {
     dw_case c = dw_case_new(g);
     /* With a map, the kernel reads z and the refs its map, c.in. */
-    float *z = rand_buf(c.nin, 4.0f), *zmul = rand_buf(g.in_c, 2.0f), *zadd = rand_buf(g.in_c, 3.0f);
-    graft_bn_grad_map in_map = {GRAFT__ACT_RELU6, zmul, zadd, NULL, NULL, NULL, NULL, NULL};
+    mapped_input mi = mapped_input_new(c.nin / g.in_c, g.in_c);
     if (with_map)
-        graft_f32_scale_shift_act__ref(z, c.in, zmul, zadd, c.nin / g.in_c, g.in_c,
-                                       GRAFT__ACT_RELU6);
+        memcpy(c.in, mi.y, sizeof(float) * (size_t)c.nin);
     const int64_t co = g.out_c, rows = c.nout / co;
     float *v[7];
     for (int i = 0; i < 7; i++)
@@ -294,18 +292,14 @@ static void dw_train_backward_case(graft_conv_geom g, int accumulate, int thread
     float *work = guarded_buf((int64_t)graft_f32_dwconv2d_train_backward_scratch_floats(&g));
     const int saved_threads = omp_get_max_threads();
     omp_set_num_threads(threads);
-    /* The sums of a BatchNorm before (its input c.in, a map of its own), taken
-     * from din as it is written, when din is. */
-    double *parts = malloc(sizeof(double) * 2 * GRAFT_BN_SUM_PARTS * (size_t)g.in_c);
-    float *sv[4];
-    for (int i = 0; i < 4; i++)
-        sv[i] = rand_buf(g.in_c, 1.0f);
-    graft_bn_sums_out sums = {{GRAFT__ACT_RELU6, sv[0], sv[1], sv[2], sv[3], NULL, NULL, NULL},
-                              c.in, parts, parts + GRAFT_BN_SUM_PARTS * g.in_c};
-    graft_f32_dwconv2d_train_backward(&g, with_map ? z : c.in, c.r, c.kernel,
+    /* The sums of a BatchNorm before (input c.in), taken from din as it is
+     * written, when din is. */
+    bn_sums_case sums = bn_sums_case_new(c.in, g.in_c);
+    graft_f32_dwconv2d_train_backward(&g, with_map ? mi.z : c.in, c.r, c.kernel,
                                       want & 1 ? dk_got : NULL, want & 2 ? din_got : NULL,
                                       accumulate, with_bn ? &map : NULL, out,
-                                      want & 2 ? &sums : NULL, with_map ? &in_map : NULL, work);
+                                      want & 2 ? &sums.out : NULL, with_map ? &mi.map : NULL,
+                                      work);
     omp_set_num_threads(saved_threads);
     char what[128];
     snprintf(what, sizeof what,
@@ -314,7 +308,7 @@ static void dw_train_backward_case(graft_conv_geom g, int accumulate, int thread
              (long long)co, (long long)g.stride_h, accumulate, threads, with_bn, with_map);
     if (want & 2) {
         assert_true(close_enough(what, din_got, din_want, c.nin));
-        assert_true(bn_sums_close(what, c.in, din_got, &sums, c.nin / g.in_c, g.in_c));
+        assert_true(bn_sums_close(what, c.in, din_got, &sums.out, c.nin / g.in_c, g.in_c));
     } else
         for (int64_t i = 0; i < c.nin; i++)
             assert_true(accumulate ? din_got[i] == din_want[i] : isnan(din_got[i]));
@@ -330,9 +324,9 @@ static void dw_train_backward_case(graft_conv_geom g, int accumulate, int thread
     for (int i = 0; i < 7; i++)
         free(v[i]);
     free(out), free(work), free(din_want), free(din_got), free(dk_want), free(dk_got), free(mass);
-    free(abs_in), free(abs_dz), free(parts), free(z), free(zmul), free(zadd);
-    for (int i = 0; i < 4; i++)
-        free(sv[i]);
+    free(abs_in), free(abs_dz);
+    bn_sums_case_free(&sums);
+    mapped_input_free(&mi);
     dw_case_free(&c);
 }
 

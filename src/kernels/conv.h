@@ -137,6 +137,11 @@ void graft_f32_conv2d_train_forward(const graft_conv_geom *g, const float *in, c
  * `in` is a BatchNorm's input and each chunk of this convolution's input is
  * mapped from it (scale_shift_act) into the scratch just before use. */
 enum { GRAFT_CONV_TRAIN_PARTS = 8 };
+/* dkernel[i] += the sum over the parts, in order, of parts[p * part_stride + i]
+ * for i < floats: the fixed-part weight gradients' merge, as an `omp for`
+ * inside the caller's parallel region. */
+void graft_f32_add_train_parts(const float *parts, size_t part_stride, int64_t floats,
+                               float *dkernel);
 /* The pointwise and depthwise backwards sum a BatchNorm's parts in these. */
 _Static_assert((int)GRAFT_CONV_TRAIN_PARTS == (int)GRAFT_BN_SUM_PARTS, "one part count");
 void graft_f32_conv2d_train_forward_moments(const graft_conv_geom *g, const float *in,

@@ -75,7 +75,6 @@ void graft_f32_conv2d_train_forward(const graft_conv_geom *g, const float *in, c
     }
 }
 
-
 void graft_f32_conv2d_train_forward_moments(const graft_conv_geom *g, const float *in,
                                             const graft_bn_grad_map *in_map, const float *kernel,
                                             const float *bias, float *out, float *work,
@@ -122,7 +121,8 @@ void graft_f32_conv2d_train_forward_moments(const graft_conv_geom *g, const floa
     }
 }
 
-static void sum_parts(const float *parts, size_t part_stride, int64_t floats, float *dkernel)
+void graft_f32_add_train_parts(const float *parts, size_t part_stride, int64_t floats,
+                               float *dkernel)
 {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < floats; i++) {
@@ -167,7 +167,7 @@ void graft_f32_conv2d_train_backward_weight(const graft_conv_geom *g, const floa
             graft_f32_conv2d_backward_weight__tiled(g, pixels * p / PARTS, pixels * (p + 1) / PARTS,
                                                      in, dout, acc, chunks + (size_t)t * chunk_stride);
         }
-        sum_parts(parts, part_stride, CI * CO, dkernel);
+        graft_f32_add_train_parts(parts, part_stride, CI * CO, dkernel);
     }
 }
 
@@ -187,11 +187,12 @@ void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const f
                     round16((size_t)graft_f32_gemm_packed_floats(CO, CI));
     /* With sums or a map, din's or the input's chunk too is to be in L2. */
     const int64_t chunk = backward_chunk(((sums && din) || in_map) && CI > CO ? CI : CO);
-    float *inputs = mapped + PARTS * round16((size_t)(backward_chunk(CO) * CO));
+    const size_t dz_stride = round16((size_t)(backward_chunk(CO) * CO));
     const size_t in_stride = round16((size_t)(backward_chunk(CI > CO ? CI : CO) * CI));
+    float *inputs = mapped + PARTS * dz_stride;
 #pragma omp parallel num_threads(threads_for(PARTS))
     {
-        float *dz = mapped + (size_t)omp_get_thread_num() * round16((size_t)(backward_chunk(CO) * CO));
+        float *dz = mapped + (size_t)omp_get_thread_num() * dz_stride;
         float *x = inputs + (size_t)omp_get_thread_num() * in_stride;
 #pragma omp for schedule(static)
         for (int p = 0; p < PARTS; p++) {
@@ -226,7 +227,7 @@ void graft_f32_conv2d_train_backward_pointwise(const graft_conv_geom *g, const f
             }
         }
         if (dkernel)
-            sum_parts(parts, part_stride, CI * CO, dkernel);
+            graft_f32_add_train_parts(parts, part_stride, CI * CO, dkernel);
     }
 }
 

@@ -403,30 +403,23 @@ void graft_f32_dwconv2d_train_backward(const graft_conv_geom *g, const float *in
                 }
                 if (dkernel)
                     graft_f32_dwconv2d_backward_weight__direct(&one, 0, g->in_c, img, dy, acc);
-                if (din && !sums)
-                    backward_input_rows(&one, 0, g->in_h, dy, kernel, din + n * in_img,
-                                        accumulate);
-                /* The sums read each band of din rows while it is in L2. */
-                const int64_t row = g->in_w * C, band = row < 32768 ? 32768 / row : 1;
-                for (int64_t r0 = 0; din && sums && r0 < g->in_h; r0 += band) {
+                /* With sums, din in bands of rows that the sums read while in L2. */
+                const int64_t row = g->in_w * C;
+                const int64_t band = !sums ? g->in_h : row < 32768 ? 32768 / row : 1;
+                float *d = din ? din + n * in_img : NULL;
+                for (int64_t r0 = 0; d && r0 < g->in_h; r0 += band) {
                     const int64_t r1 = g->in_h - r0 < band ? g->in_h : r0 + band;
-                    float *d = din + n * in_img;
                     backward_input_rows(&one, r0, r1, dy, kernel, d, accumulate);
-                    graft_f32_bn_backward_sums_add_rows(sums->x + n * in_img + r0 * row,
-                                                        d + r0 * row, &sums->map,
-                                                        (r1 - r0) * g->in_w, C,
-                                                        sums->part_g + p * C, sums->part_gx + p * C);
+                    if (sums)
+                        graft_f32_bn_backward_sums_add_rows(sums->x + n * in_img + r0 * row,
+                                                            d + r0 * row, &sums->map,
+                                                            (r1 - r0) * g->in_w, C,
+                                                            sums->part_g + p * C,
+                                                            sums->part_gx + p * C);
                 }
             }
         }
-        if (dkernel) {
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < taps; i++) {
-                float sum = 0.0f;
-                for (int p = 0; p < DWB_PARTS; p++)
-                    sum += parts[(size_t)p * part_stride + (size_t)i];
-                dkernel[i] += sum;
-            }
-        }
+        if (dkernel)
+            graft_f32_add_train_parts(parts, part_stride, taps, dkernel);
     }
 }
